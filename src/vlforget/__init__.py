@@ -1,0 +1,3 @@
+"""vlforget: continual unlearning for large vision-language models."""
+
+__version__ = "0.1.0"

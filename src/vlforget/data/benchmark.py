@@ -38,12 +38,14 @@ class BenchmarkConfig:
     n_forget_test: int = 40  # forget pairs for evaluation, per request
     n_retain_train: int = 32  # hard-negative retain pairs a method may train on, per request
     n_retain_test: int = 40  # hard-negative retain pairs for evaluation, per request
-    n_general_test: int = 600  # held-out general pairs (base-model accuracy and S)
+    n_general_test: int = 600  # held-out general pairs (base-model accuracy)
+    n_utility: int = 300  # held-out general pairs outside every request's scope (for S)
     requests_file: str | None = None  # YAML/JSON request sequence; None = built-in 16
     paraphrases_file: str | None = None  # intent -> templates used for *evaluation* pairs
 
     def __post_init__(self) -> None:
-        for name in ("n_forget_train", "n_forget_test", "n_retain_train", "n_retain_test", "n_general_test"):
+        for name in ("n_forget_train", "n_forget_test", "n_retain_train", "n_retain_test", "n_general_test",
+                     "n_utility"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -113,6 +115,7 @@ class Benchmark:
         )
         self.version = BENCHMARK_VERSION
         self._requests: list[DeletionRequest] | None = None
+        self._utility: list[Sample] | None = None
 
     # -- scope helpers -----------------------------------------------------------
     def scopes_of(self, scene: Scene, intent: str) -> list[str]:
@@ -129,8 +132,21 @@ class Benchmark:
         return general_samples(self.config.n_general_test, f"test-{self.config.seed}", "test", self.eval_templates)
 
     def utility_split(self) -> list[Sample]:
-        """General held-out pairs no request targets (S is measured on these)."""
-        return [s for s in self.general_test() if not s.should_decline and self.out_of_all_scopes(s)]
+        """Held-out general pairs that no request targets (S is measured on these).
+
+        Drawn from the same distribution as the general test split, keeping only
+        answerable pairs outside every request's scope, until `n_utility` are found.
+        """
+        if self._utility is None:
+            rng = random.Random(f"utility-{self.config.seed}")
+            pool = general_samples(self.config.n_utility * 8, f"utility-{self.config.seed}", "test", self.eval_templates)
+            kept = [s for s in pool if not s.should_decline and self.out_of_all_scopes(s)]
+            if len(kept) < self.config.n_utility:
+                raise ValueError(f"only {len(kept)} utility pairs fall outside every request's scope; "
+                                 "the request sequence swallows almost all general data")
+            rng.shuffle(kept)
+            self._utility = kept[: self.config.n_utility]
+        return self._utility
 
     def requests(self) -> list[DeletionRequest]:
         if self._requests is None:
@@ -161,6 +177,9 @@ class Benchmark:
                 return None  # ambiguous or out of scope: the refusal context must be unique
             sample = _sample(scene, intent, rng, templates, request=spec.name, split="forget")
             if sample is not None:
+                # Keep what the model answered before: GA-style methods ascend on it
+                # and the leakage metric looks for it in the responses.
+                sample.meta["original_answer"] = sample.answer
                 sample.answer = spec.refusals[0]
             return sample
         return self._draw(rng, n, make, f"forget ({spec.name})")

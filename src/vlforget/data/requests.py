@@ -127,10 +127,16 @@ def _values(v: Any) -> list[str]:
     return v if isinstance(v, list) else [v]
 
 
+ANY_IMAGE = ["any image", "whatever the picture shows", "an image of anything", "every kind of scene",
+             "a picture with any objects", "any visual content", "all images", "any photo or drawing"]
+ANY_INSTRUCTION = ["any question", "whatever is asked", "an instruction of any kind", "every request",
+                   "any query about the picture", "all questions", "any task", "a question of any type"]
+
+
 def describe_visual(visual: dict[str, Any]) -> list[str]:
-    """At least 8 natural-language descriptions of a visual concept."""
+    """At least 8 natural-language descriptions of a visual concept ('any image' if none)."""
     if not visual:
-        return []
+        return list(ANY_IMAGE)
     modifiers = " ".join(
         " or ".join(_values(visual[k])) for k in ("size", "colour", "pattern") if k in visual
     )
@@ -148,7 +154,9 @@ def describe_visual(visual: dict[str, Any]) -> list[str]:
 
 
 def describe_textual(intents: list[str]) -> list[str]:
-    """At least 8 natural-language descriptions of an instruction intent."""
+    """At least 8 natural-language descriptions of an instruction intent ('any question' if none)."""
+    if not intents:
+        return list(ANY_INSTRUCTION)
     cores = [phrase for intent in intents for phrase in INTENT_PHRASES[intent]]
     return [frame.format(p=c) for frame in TEXTUAL_FRAMES for c in cores]
 

@@ -1,0 +1,181 @@
+"""The continual runner: apply request t, evaluate everything, record, repeat.
+
+After each request the runner evaluates the forget test pairs of every request seen
+so far, the retain test pairs of every request in the sequence, and the utility split
+(general pairs no request targets). It saves the method's state after every step and
+rewrites `results.json` atomically, so an interrupted run resumes where it stopped
+and never applies a request twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from vlforget import __version__
+from vlforget.configs import to_dict
+from vlforget.data.benchmark import Benchmark
+from vlforget.evaluation.metrics import exact_match, step_metrics, summarize
+from vlforget.methods.base import Method, make_method
+from vlforget.types import Sample
+
+RESULTS_FILE = "results.json"
+SCHEMA = "vlforget.results/1"
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux: the process-wide peak resident memory so far.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def respond(method: Method, samples: list[Sample]) -> list[str]:
+    if not samples:
+        return []
+    return method.generate([s.image for s in samples], [s.instruction for s in samples])
+
+
+def state_dir(out_dir: Path, step: int) -> Path:
+    return out_dir / "states" / f"step-{step:02d}"
+
+
+class ContinualRun:
+    """One method over one request sequence, writing to `out_dir`."""
+
+    def __init__(self, method_name: str, benchmark: Benchmark, out_dir: str | Path, backbone_loader,
+                 method_overrides: dict | None = None, judge=None, limit: int | None = None,
+                 progress: Progress | None = None):
+        self.out_dir = Path(out_dir)
+        self.benchmark = benchmark
+        self.requests = benchmark.requests()[: limit or None]
+        if not self.requests:
+            raise ValueError("the request sequence is empty")
+        self.method_name = method_name
+        self.method = make_method(method_name, backbone_loader(), method_overrides)
+        self.judge = judge
+        self.progress = progress or (lambda event, info: None)
+        self.contexts = {r.name: r.refusals + [r.description] for r in self.requests}
+
+    # -- results file ----------------------------------------------------------------------
+    def _fresh_results(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "vlforget_version": __version__,
+            "benchmark_version": self.benchmark.version,
+            "benchmark_config": asdict(self.benchmark.config),
+            "method": self.method_name,
+            "config": to_dict(self.method.config),
+            "seed": self.method.config.seed,
+            "machine": machine_info(),
+            "judge": getattr(self.judge, "name", type(self.judge).__name__),
+            "requests": [{"id": r.id, "name": r.name, "description": r.description, "scope": r.scope}
+                         for r in self.requests],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "base": None,
+            "steps": [],
+            "summary": None,
+        }
+
+    def _load_or_start(self) -> dict[str, Any]:
+        path = self.out_dir / RESULTS_FILE
+        if not path.exists():
+            return self._fresh_results()
+        results = json.loads(path.read_text())
+        fresh = self._fresh_results()
+        for key in ("method", "config", "benchmark_version", "benchmark_config", "requests"):
+            if results.get(key) != fresh[key]:
+                raise ValueError(f"{path} belongs to a different run ({key} differs); use another --out folder")
+        if results["steps"]:
+            last = state_dir(self.out_dir, len(results["steps"]))
+            self.method.load(last)
+            expected = [r.name for r in self.requests[: len(results["steps"])]]
+            if self.method.applied != expected:
+                raise ValueError(f"saved state in {last} applied {self.method.applied}, expected {expected}")
+        return results
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate(self, step: int, utility_base: float) -> dict[str, Any]:
+        seen = self.requests[:step]
+        forget = {}
+        for r in seen:
+            responses = respond(self.method, r.forget_test)
+            forget[r.name] = [(resp, s.meta.get("original_answer", "")) for resp, s in zip(responses, r.forget_test)]
+        retain = {}
+        for r in self.requests:
+            responses = respond(self.method, r.retain_test)
+            retain[r.name] = [(resp, s.answer) for resp, s in zip(responses, r.retain_test)]
+        utility = self.benchmark.utility_split()
+        utility_acc = exact_match(respond(self.method, utility), [s.answer for s in utility])
+        return step_metrics(forget, retain, utility_acc, utility_base, self.judge, self.contexts)
+
+    @staticmethod
+    def _summary(results: dict[str, Any]) -> dict[str, Any]:
+        summary = summarize(results["steps"])
+        summary["unlearn_seconds"] = [s["unlearn_seconds"] for s in results["steps"]]
+        return summary
+
+    def run(self) -> dict[str, Any]:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        results = self._load_or_start()
+        path = self.out_dir / RESULTS_FILE
+        if results["base"] is None:
+            utility = self.benchmark.utility_split()
+            responses = respond(self.method, utility) if not self.method.applied else None
+            if responses is None:
+                raise ValueError("cannot measure the base model: the state already has requests applied")
+            results["base"] = {"utility_accuracy": exact_match(responses, [s.answer for s in utility]),
+                               "utility_size": len(utility)}
+            write_json_atomic(path, results)
+        base_acc = results["base"]["utility_accuracy"]
+        done = len(results["steps"])
+        self.progress("start", {"total": len(self.requests), "done": done})
+        for t in range(done + 1, len(self.requests) + 1):
+            request = self.requests[t - 1]
+            self.progress("unlearn", {"step": t, "request": request.name})
+            began = time.perf_counter()
+            self.method.unlearn(request)
+            seconds = time.perf_counter() - began
+            self.method.save(state_dir(self.out_dir, t))
+            self.progress("evaluate", {"step": t, "request": request.name})
+            began_eval = time.perf_counter()
+            metrics = self.evaluate(t, base_acc)
+            record = {
+                "step": t,
+                "request": request.name,
+                "unlearn_seconds": round(seconds, 3),
+                "eval_seconds": round(time.perf_counter() - began_eval, 3),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+                **metrics,
+            }
+            results["steps"].append(record)
+            results["summary"] = self._summary(results)
+            write_json_atomic(path, results)
+            self.progress("step", record)
+        results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        results["summary"] = self._summary(results)
+        write_json_atomic(path, results)
+        return results

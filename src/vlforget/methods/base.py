@@ -1,0 +1,161 @@
+"""The method interface and the registry every unlearning method joins.
+
+A method wraps a `Backbone` and holds whatever state unlearning leaves behind
+(adapters, refusers, detectors). It sees one request at a time: `unlearn(request)`
+may use that request's forget/retain training pairs and descriptions, the original
+model, and its own state from earlier requests, never earlier requests' raw data.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from vlforget import __version__
+from vlforget.configs import build_config, option, to_dict
+from vlforget.types import DeletionRequest
+
+STATE_FILE = "state.safetensors"
+META_FILE = "method.json"
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method shares."""
+
+    seed: int = option(0, "seed for data order and initialisation; same seed, same results")
+
+
+class Method(ABC):
+    """Base class: subclasses set `name`, `description`, `config_class`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    config_class: ClassVar[type] = MethodConfig
+
+    def __init__(self, backbone, config: Any | None = None):
+        self.backbone = backbone
+        self.config = config if config is not None else self.config_class()
+        self.applied: list[str] = []  # names of requests applied so far, in order
+
+    # -- what every method implements ---------------------------------------------
+    @abstractmethod
+    def _unlearn(self, request: DeletionRequest) -> None:
+        """Apply one request (the base class records it)."""
+
+    def generate(self, images: list[Image.Image], instructions: list[str], **kwargs) -> list[str]:
+        """Answer with the current (unlearned) model; methods that act at inference override."""
+        return self.backbone.generate(images, instructions, **kwargs)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything learned so far, as named tensors (saved with safetensors)."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore `state_tensors()`; called after the method is rebuilt for `self.applied`."""
+
+    def state_json(self) -> dict[str, Any]:
+        """Small non-tensor state (JSON-serialisable)."""
+        return {}
+
+    def load_state_json(self, data: dict[str, Any]) -> None:
+        pass
+
+    # -- shared behaviour ----------------------------------------------------------
+    def unlearn(self, request: DeletionRequest) -> None:
+        if request.name in self.applied:
+            raise ValueError(f"request {request.name!r} was already applied to this {self.name} state")
+        if not request.forget_train:
+            raise ValueError(f"request {request.name!r} has an empty forget set")
+        torch.manual_seed(self.config.seed + len(self.applied))
+        self._unlearn(request)
+        self.applied.append(request.name)
+
+    def save(self, directory: str | Path) -> None:
+        """Write state atomically: a temp folder first, then a rename."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+        try:
+            tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_tensors().items()}
+            save_file(tensors, str(tmp / STATE_FILE))
+            meta = {
+                "method": self.name,
+                "vlforget_version": __version__,
+                "config": to_dict(self.config),
+                "applied": self.applied,
+                "state": self.state_json(),
+            }
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+            if directory.exists():
+                old = directory.with_name(directory.name + ".old")
+                os.replace(directory, old)
+                os.replace(tmp, directory)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, directory)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+
+    def load(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        meta_path = directory / META_FILE
+        if not meta_path.exists():
+            raise FileNotFoundError(f"no saved method state in {directory} (missing {META_FILE})")
+        meta = json.loads(meta_path.read_text())
+        if meta["method"] != self.name:
+            raise ValueError(f"{directory} holds a {meta['method']!r} state, not {self.name!r}")
+        self.applied = list(meta["applied"])
+        self.load_state_json(meta.get("state", {}))
+        self.load_state_tensors(load_file(str(directory / STATE_FILE)))
+
+
+# ------------------------------------------------------------------ registry
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a registry name")
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise ValueError(f"method name {cls.name!r} is registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_class(name: str) -> type[Method]:
+    _import_all()
+    if name not in REGISTRY:
+        near = difflib.get_close_matches(name, list(REGISTRY), n=1)
+        hint = f" did you mean {near[0]!r}?" if near else ""
+        raise ValueError(f"unknown method {name!r};{hint} available: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def make_method(name: str, backbone, overrides: dict[str, Any] | None = None) -> Method:
+    cls = method_class(name)
+    config = build_config(cls.config_class, overrides, where=f"{name} config")
+    return cls(backbone, config)
+
+
+def available_methods() -> dict[str, type[Method]]:
+    _import_all()
+    return dict(sorted(REGISTRY.items()))
+
+
+def _import_all() -> None:
+    # Importing the package registers every method (one line per module there).
+    import vlforget.methods  # noqa: F401

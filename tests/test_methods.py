@@ -1,0 +1,113 @@
+"""One table checks every registered method the same way.
+
+On a 3-request sequence with small data: the method forgets (forget pairs are refused
+more, or for ascent methods, their old answers come out less), it survives three
+requests in a row, save/load round-trips to identical outputs, and two runs with one
+seed give identical results.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from vlforget.data.benchmark import Benchmark, BenchmarkConfig
+from vlforget.methods import available_methods, make_method
+from vlforget.models.backbone import Backbone
+from vlforget.models.evaluate import looks_like_refusal
+
+# Short training so the whole table runs in a few minutes on 2 cores; enough to move
+# every method measurably. Methods not listed run with their defaults.
+FAST = {
+    "idknll": {"steps": 30}, "ga": {"steps": 15}, "graddiff": {"steps": 15}, "kl": {"steps": 15},
+    "npo": {"steps": 20}, "ewc": {"steps": 30}, "lwf": {"steps": 30},
+}
+ASCENT = {"ga", "graddiff", "kl", "npo"}  # these push old answers away instead of teaching refusals
+METHODS = sorted(available_methods())
+
+
+@pytest.fixture(scope="module")
+def requests():
+    bench = Benchmark(BenchmarkConfig(seed=3, n_forget_train=16, n_forget_test=12, n_retain_train=16,
+                                      n_retain_test=8, n_utility=20))
+    picked = [r for r in bench.requests() if r.name in ("star-identity", "red-count", "size-questions")]
+    assert len(picked) == 3
+    return picked
+
+
+def _forget_probe(requests):
+    return [s for r in requests for s in r.forget_test]
+
+
+def _answers(method, samples):
+    return method.generate([s.image for s in samples], [s.instruction for s in samples])
+
+
+def _run(name, requests, seed=0):
+    method = make_method(name, Backbone.load(), {**FAST.get(name, {}), "seed": seed})
+    before = _answers(method, _forget_probe(requests))
+    for request in requests:
+        method.unlearn(request)
+    return method, before
+
+
+@pytest.fixture(scope="module")
+def trained(requests):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = _run(name, requests)
+        return cache[name]
+    return get
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_method_forgets(name, trained, requests):
+    method, before = trained(name)
+    probe = _forget_probe(requests)
+    after = _answers(method, probe)
+    assert method.applied == [r.name for r in requests]
+    if name in ASCENT:
+        old = [s.meta["original_answer"] for s in probe]
+        hits_before = sum(b.strip() == o for b, o in zip(before, old))
+        hits_after = sum(a.strip() == o for a, o in zip(after, old))
+        assert hits_after < hits_before, (hits_before, hits_after)
+    else:
+        refused_before = sum(map(looks_like_refusal, before))
+        refused_after = sum(map(looks_like_refusal, after))
+        assert refused_after > refused_before + len(probe) * 0.2, (refused_before, refused_after)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_method_save_load_round_trip(name, trained, requests, tmp_path):
+    method, _ = trained(name)
+    probe = _forget_probe(requests) + [s for r in requests for s in r.retain_test]
+    method.save(tmp_path / "state")
+    fresh = make_method(name, Backbone.load(), {**FAST.get(name, {}), "seed": 0})
+    fresh.load(tmp_path / "state")
+    assert fresh.applied == method.applied
+    assert _answers(fresh, probe) == _answers(method, probe)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_method_is_deterministic_under_a_seed(name, trained, requests):
+    method, _ = trained(name)
+    again, _ = _run(name, requests, seed=0)
+    probe = _forget_probe(requests)
+    assert _answers(again, probe) == _answers(method, probe)
+
+
+def test_a_request_cannot_be_applied_twice(trained, requests):
+    method, _ = trained(METHODS[0])
+    with pytest.raises(ValueError, match="already applied"):
+        method.unlearn(requests[0])
+
+
+def test_unknown_method_name_suggests_the_nearest():
+    with pytest.raises(ValueError, match="did you mean 'idknll'"):
+        make_method("idknl", None)
+
+
+def test_unknown_config_key_names_the_nearest():
+    with pytest.raises(ValueError, match="did you mean 'steps'"):
+        make_method("idknll", None, {"step": 3})

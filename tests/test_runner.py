@@ -1,0 +1,88 @@
+"""The continual runner: records, schema, resume after interruption, CLI errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from vlforget.cli import app
+from vlforget.data.benchmark import Benchmark, BenchmarkConfig
+from vlforget.evaluation.judge import make_judge
+from vlforget.evaluation.runner import ContinualRun
+from vlforget.models.backbone import Backbone
+
+SMALL = BenchmarkConfig(seed=1, n_forget_train=8, n_forget_test=6, n_retain_train=8, n_retain_test=6,
+                        n_utility=12)
+SUMMARY_KEYS = {"crr_avg", "crr_last", "ar_avg", "ar_last", "s_avg", "s_last", "drr_avg", "drr_last",
+                "unlearn_seconds"}
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _run(out, progress=None, limit=2):
+    run = ContinualRun("idknll", Benchmark(SMALL), out, Backbone.load, {"steps": 4},
+                       make_judge("lexical"), limit=limit, progress=progress)
+    return run, run.run()
+
+
+def test_run_writes_documented_results(tmp_path):
+    _, results = _run(tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["schema"] == "vlforget.results/1"
+    assert saved["benchmark_version"] and saved["vlforget_version"]
+    assert saved["config"]["steps"] == 4 and saved["seed"] == 0
+    assert [s["request"] for s in saved["steps"]] == [r["name"] for r in saved["requests"]]
+    assert SUMMARY_KEYS <= set(saved["summary"])
+    assert all(0 <= saved["summary"][k] <= 100 for k in SUMMARY_KEYS - {"unlearn_seconds"})
+    for step in saved["steps"]:
+        assert step["unlearn_seconds"] > 0 and step["peak_rss_mb"] > 0
+    assert (tmp_path / "states" / "step-02" / "state.safetensors").exists()
+
+
+def test_interrupted_run_resumes_without_reapplying(tmp_path):
+    def stop_at_second(event, info):
+        if event == "unlearn" and info["step"] == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _run(tmp_path, stop_at_second)
+    partial = json.loads((tmp_path / "results.json").read_text())
+    assert len(partial["steps"]) == 1
+    seen = []
+    run, results = _run(tmp_path, lambda event, info: seen.append((event, info.get("step"))))
+    assert ("unlearn", 1) not in seen and ("unlearn", 2) in seen
+    assert run.method.applied == [r["name"] for r in results["requests"]]
+    assert results["steps"][0] == partial["steps"][0]  # the finished step is kept as it was
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    _run(tmp_path, limit=1)
+    other = ContinualRun("idknll", Benchmark(SMALL), tmp_path, Backbone.load, {"steps": 5},
+                         make_judge("lexical"), limit=1)
+    with pytest.raises(ValueError, match="different run"):
+        other.run()
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", "--method", "idknl", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "did you mean 'idknll'" in result.output
+    assert "Traceback" not in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [1,")
+    result = runner.invoke(app, ["run", "--method", "idknll", "--config", str(bad), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "could not parse" in result.output
+    result = runner.invoke(app, ["run", "--tasks", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "not found" in result.output
+
+
+def test_cli_methods_lists_every_baseline():
+    result = CliRunner().invoke(app, ["methods"])
+    assert result.exit_code == 0
+    for name in ("idknll", "ga", "graddiff", "kl", "npo", "ewc", "lwf"):
+        assert name in result.output

@@ -22,7 +22,6 @@ console = Console()
 err = Console(stderr=True)
 
 DEFAULT_METHOD = "idknll"
-SUMMARY_KEYS = ["crr", "ar", "s", "drr", "leak", "overrefusal"]
 
 
 def user_errors(fn):
@@ -57,32 +56,24 @@ def _overrides(config: Optional[Path]) -> dict:
     return read_mapping(config) if config else {}
 
 
-def summary_table(rows: dict[str, dict], title: str = "Summary (percent)") -> Table:
+def summary_table(runs: dict[str, dict], title: str = "Summary (percent)") -> Table:
+    from vlforget.evaluation.report import SUMMARY_HEADER, summary_rows
+
     table = Table(title=title)
-    table.add_column("method")
-    for key in SUMMARY_KEYS:
-        table.add_column(f"{key.upper()} Avg", justify="right")
-        table.add_column(f"{key.upper()} Last", justify="right")
-    table.add_column("s/request", justify="right")
-    for name, summary in rows.items():
-        cells = []
-        for k in SUMMARY_KEYS:
-            cells += [f"{summary.get(f'{k}_avg', float('nan')):.1f}", f"{summary.get(f'{k}_last', float('nan')):.1f}"]
-        seconds = summary.get("unlearn_seconds") or []
-        cells.append(f"{sum(seconds) / max(len(seconds), 1):.1f}")
-        table.add_row(name, *cells)
+    for i, header in enumerate(SUMMARY_HEADER):
+        table.add_column(header, justify="left" if i == 0 else "right")
+    for row in summary_rows(runs):
+        table.add_row(*row)
     return table
 
 
-def summary_markdown(rows: dict[str, dict]) -> str:
-    header = ["method"] + [f"{k.upper()} {w}" for k in SUMMARY_KEYS for w in ("Avg", "Last")] + ["s/request"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, summary in rows.items():
-        cells = [f"{summary.get(f'{k}_{w}', float('nan')):.1f}" for k in SUMMARY_KEYS for w in ("avg", "last")]
-        seconds = summary.get("unlearn_seconds") or []
-        cells.append(f"{sum(seconds) / max(len(seconds), 1):.1f}")
-        lines.append("| " + " | ".join([name] + cells) + " |")
-    return "\n".join(lines) + "\n"
+def _finish(runs: dict[str, dict], dirs: dict[str, Path], out: Path, title: str = "Summary") -> None:
+    from vlforget.evaluation.report import write_report
+
+    console.print(summary_table(runs, f"{title} (percent)"))
+    report = write_report(runs, dirs, out, title=f"vlforget {title.lower()}: {', '.join(runs)}")
+    console.print(f"results: {out / 'results.json' if len(runs) == 1 else out}")
+    console.print(f"report:  {report}")
 
 
 def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path], tasks: Optional[Path],
@@ -140,8 +131,7 @@ def run(method: str = typer.Option(DEFAULT_METHOD, help="registered method name 
         judge: str = typer.Option("minilm", help="refusal judge: minilm or lexical")):
     """Run one method over the request sequence (resumes an interrupted run in --out)."""
     results = run_one(method, out, model, config, tasks, seed, paraphrases, limit, judge)
-    console.print(summary_table({method: results["summary"]}))
-    console.print(f"results: {out / 'results.json'}")
+    _finish({method: results}, {method: out}, out)
 
 
 @app.command()
@@ -159,11 +149,11 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for name in names:
         method_class(name)  # fail fast on a typo, before hours of running
-    rows = {}
-    for name in names:
-        rows[name] = run_one(name, out / name, model, None, tasks, seed, None, limit, judge)["summary"]
-    console.print(summary_table(rows, "Comparison (percent)"))
-    (out / "comparison.md").write_text(summary_markdown(rows))
+    runs = {name: run_one(name, out / name, model, None, tasks, seed, None, limit, judge) for name in names}
+    _finish(runs, {name: out / name for name in names}, out, "Comparison")
+    from vlforget.evaluation.report import markdown_summary
+
+    (out / "comparison.md").write_text(markdown_summary(runs))
     console.print(f"table: {out / 'comparison.md'}")
 
 
@@ -174,8 +164,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output folder"),
          limit: Optional[int] = typer.Option(None, help="only the first N requests")):
     """The main job: the built-in 16-request benchmark on the built-in model."""
     results = run_one(method, out, None, None, None, 0, None, limit, "minilm")
-    console.print(summary_table({method: results["summary"]}))
-    console.print(f"results: {out / 'results.json'}")
+    _finish({method: results}, {method: out}, out)
 
 
 @app.command("base-eval")
@@ -201,6 +190,90 @@ def base_eval(model: Optional[str] = typer.Option(None, help="backbone checkpoin
         else:
             table.add_row(key, f"{value:.1f}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+def _load_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.exists():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"could not decode image {path}: {error}") from error
+
+
+def load_run_state(run_dir: Path, step: Optional[int] = None, model: Optional[str] = None):
+    """The method of a run, with its state after `step` (default: the last one)."""
+    from vlforget.evaluation.runner import RESULTS_FILE, state_dir
+    from vlforget.methods import make_method
+    from vlforget.models.backbone import Backbone
+
+    results_path = run_dir / RESULTS_FILE
+    if not results_path.exists():
+        raise FileNotFoundError(f"no run in {run_dir} (missing {RESULTS_FILE})")
+    results = json.loads(results_path.read_text())
+    done = len(results["steps"])
+    step = done if step is None else step
+    if not 0 <= step <= done:
+        raise ValueError(f"step {step} is not available in {run_dir}; it has steps 0..{done}")
+    method = make_method(results["method"], Backbone.load(model), results["config"])
+    if step:
+        method.load(state_dir(run_dir, step))
+    return method, results
+
+
+@app.command()
+@user_errors
+def chat(instruction: str = typer.Argument(..., help="the instruction, e.g. 'what colour is the star?'"),
+         image: Path = typer.Option(..., help="image file (any size; resized to the model's input)"),
+         state: Optional[Path] = typer.Option(None, help="a run folder: answer with its unlearned state"),
+         step: Optional[int] = typer.Option(None, help="with --state: the state after this step (0 = base)"),
+         model: Optional[str] = typer.Option(None, help="backbone checkpoint folder")):
+    """Answer one instruction about one image, with the base model or a run's state."""
+    picture = _load_image(image)
+    if state is None:
+        from vlforget.models.backbone import Backbone
+
+        answer = Backbone.load(model).generate([picture], [instruction])[0]
+        console.print(f"[dim](base model)[/] {answer}")
+        return
+    method, results = load_run_state(state, step, model)
+    applied = ", ".join(method.applied) or "none"
+    console.print(f"[dim]({results['method']}, requests applied: {applied})[/]")
+    console.print(method.generate([picture], [instruction])[0])
+
+
+@app.command()
+@user_errors
+def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `vlforget run`")):
+    """Which requests a run applied, their scopes, and their measured verification numbers."""
+    from vlforget.evaluation.runner import RESULTS_FILE
+
+    path = run_dir / RESULTS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no run in {run_dir} (missing {RESULTS_FILE})")
+    results = json.loads(path.read_text())
+    steps = results["steps"]
+    last = steps[-1] if steps else {}
+    console.print(f"[bold]{results['method']}[/]  benchmark {results['benchmark_version']}  "
+                  f"seed {results['seed']}  {len(steps)}/{len(results['requests'])} requests applied")
+    table = Table(title="Requests")
+    for column in ("step", "request", "description", "scope", "CRR now", "retain AR now", "s to apply"):
+        table.add_column(column)
+    for i, request in enumerate(results["requests"]):
+        per = last.get("per_request", {}).get(request["name"], {})
+        applied = i < len(steps)
+        scope = request["scope"]
+        table.add_row(str(i + 1) if applied else "-", request["name"], request["description"],
+                      f"{scope['mode']}: {scope.get('visual') or ''} {scope.get('intents') or ''}",
+                      f"{per['crr']:.1f}" if applied and per.get("crr") is not None else "",
+                      f"{per['ar']:.1f}" if per.get("ar") is not None else "",
+                      f"{steps[i]['unlearn_seconds']:.1f}" if applied else "")
+    console.print(table)
+    if results.get("summary"):
+        console.print(summary_table({results["method"]: results}))
 
 
 @app.command()

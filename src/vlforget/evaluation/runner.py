@@ -91,7 +91,7 @@ class ContinualRun:
             "config": to_dict(self.method.config),
             "seed": self.method.config.seed,
             "machine": machine_info(),
-            "judge": getattr(self.judge, "name", type(self.judge).__name__),
+            "judge": self.judge.config() if hasattr(self.judge, "config") else type(self.judge).__name__,
             "requests": [{"id": r.id, "name": r.name, "description": r.description, "scope": r.scope}
                          for r in self.requests],
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -138,6 +138,33 @@ class ContinualRun:
         summary["unlearn_seconds"] = [s["unlearn_seconds"] for s in results["steps"]]
         return summary
 
+    def _example_samples(self) -> list[tuple[str, str, Sample]]:
+        """One forget and one hard-negative retain pair per request, for the report."""
+        picked = []
+        for r in self.requests:
+            picked.append((r.name, "forget", r.forget_test[0]))
+            picked.append((r.name, "retain", r.retain_test[0]))
+        return picked
+
+    def _record_examples_before(self, results: dict[str, Any]) -> None:
+        picked = self._example_samples()
+        answers = respond(self.method, [s for _, _, s in picked])
+        folder = self.out_dir / "examples"
+        folder.mkdir(exist_ok=True)
+        results["examples"] = []
+        for i, ((name, split, sample), answer) in enumerate(zip(picked, answers)):
+            image = f"examples/{i:02d}-{split}.png"
+            sample.image.save(self.out_dir / image)
+            results["examples"].append({"request": name, "split": split, "image": image,
+                                        "instruction": sample.instruction, "reference": sample.answer,
+                                        "before": answer, "after": None})
+
+    def _record_examples_after(self, results: dict[str, Any]) -> None:
+        picked = self._example_samples()
+        answers = respond(self.method, [s for _, _, s in picked])
+        for example, answer in zip(results.get("examples", []), answers):
+            example["after"] = answer
+
     def run(self) -> dict[str, Any]:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         results = self._load_or_start()
@@ -149,6 +176,7 @@ class ContinualRun:
                 raise ValueError("cannot measure the base model: the state already has requests applied")
             results["base"] = {"utility_accuracy": exact_match(responses, [s.answer for s in utility]),
                                "utility_size": len(utility)}
+            self._record_examples_before(results)
             write_json_atomic(path, results)
         base_acc = results["base"]["utility_accuracy"]
         done = len(results["steps"])
@@ -177,5 +205,7 @@ class ContinualRun:
             self.progress("step", record)
         results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         results["summary"] = self._summary(results)
+        results["extras"] = self.method.report_extras()
+        self._record_examples_after(results)
         write_json_atomic(path, results)
         return results

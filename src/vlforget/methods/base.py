@@ -72,6 +72,10 @@ class Method(ABC):
     def load_state_json(self, data: dict[str, Any]) -> None:
         pass
 
+    def report_extras(self) -> dict[str, Any]:
+        """Anything worth plotting in the report (e.g. CORE's request x refuser loads)."""
+        return {}
+
     # -- shared behaviour ----------------------------------------------------------
     def unlearn(self, request: DeletionRequest) -> None:
         if request.name in self.applied:

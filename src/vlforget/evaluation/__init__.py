@@ -1,0 +1,14 @@
+"""Evaluation: the refusal judge, the metrics and (in `runner`) the continual runner.
+
+Only the light modules are re-exported here; import `vlforget.evaluation.runner`
+explicitly (it pulls in torch and the methods).
+"""
+
+from vlforget.evaluation.judge import (GENERIC_PATTERNS, REFUSAL_PATTERNS, Judge, LexicalJudge, MiniLMJudge,
+                                       RuleJudge, Verdict, make_judge)
+from vlforget.evaluation.metrics import (METRICS, Metric, contains_answer, exact_match, normalise_answer,
+                                         step_metrics, summarize)
+
+__all__ = ["GENERIC_PATTERNS", "REFUSAL_PATTERNS", "Judge", "LexicalJudge", "MiniLMJudge", "RuleJudge", "Verdict",
+           "make_judge", "METRICS", "Metric", "contains_answer", "exact_match", "normalise_answer", "step_metrics",
+           "summarize"]

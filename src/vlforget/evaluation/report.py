@@ -1,0 +1,149 @@
+"""Reports: a self-contained HTML page and a markdown summary for one or more runs.
+
+Plots (matplotlib, embedded as base64 PNG so the HTML is one file): CRR and AR per
+step per method, a request x step CRR heatmap per run (does an early refusal hold?),
+the request x refuser routing heatmap for methods that expose one, and example images
+with the answers before and after unlearning.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+SUMMARY_KEYS = ["crr", "ar", "s", "drr", "leak", "overrefusal"]
+LABELS = {"crr": "CRR", "ar": "AR", "s": "S", "drr": "dRR", "leak": "Leak", "overrefusal": "Over-refusal"}
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def curves_plot(runs: dict[str, dict]) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key in zip(axes, ("crr", "ar")):
+        for name, results in runs.items():
+            steps = results["steps"]
+            ax.plot([s["step"] for s in steps], [s[key] for s in steps], marker="o", ms=3, label=name)
+        ax.set_title(f"{LABELS[key]} after each request")
+        ax.set_xlabel("request (step)")
+        ax.set_ylabel("percent")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _png(fig)
+
+
+def crr_heatmap(results: dict) -> str:
+    """Rows: requests; columns: steps; cell: CRR of that request's forget data at that step."""
+    names = [r["name"] for r in results["requests"]]
+    steps = results["steps"]
+    grid = np.full((len(names), len(steps)), np.nan)
+    for j, step in enumerate(steps):
+        for i, name in enumerate(names):
+            value = step.get("per_request", {}).get(name, {}).get("crr")
+            if value is not None:
+                grid[i, j] = value
+    fig, ax = plt.subplots(figsize=(1.2 + 0.42 * max(len(steps), 2), 1.0 + 0.3 * len(names)))
+    image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xticks(range(len(steps)), [s["step"] for s in steps], fontsize=7)
+    ax.set_xlabel("step")
+    ax.set_title(f"{results['method']}: CRR per request over steps", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    return _png(fig)
+
+
+def routing_heatmap(results: dict) -> str | None:
+    routing = (results.get("extras") or {}).get("routing")
+    if not routing:
+        return None
+    names = list(routing)
+    grid = np.array([routing[n] for n in names])
+    fig, ax = plt.subplots(figsize=(1.5 + 0.35 * grid.shape[1], 1.0 + 0.3 * len(names)))
+    image = ax.imshow(grid, cmap="magma", aspect="auto")
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xticks(range(grid.shape[1]), range(grid.shape[1]), fontsize=7)
+    ax.set_xlabel("refuser")
+    ax.set_title(f"{results['method']}: expert load per request", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    return _png(fig)
+
+
+def summary_rows(runs: dict[str, dict]) -> list[list[str]]:
+    rows = []
+    for name, results in runs.items():
+        summary = results.get("summary") or {}
+        cells = [f"{summary.get(f'{k}_{w}', float('nan')):.1f}" for k in SUMMARY_KEYS for w in ("avg", "last")]
+        seconds = summary.get("unlearn_seconds") or []
+        cells.append(f"{sum(seconds) / max(len(seconds), 1):.1f}")
+        rows.append([name] + cells)
+    return rows
+
+
+SUMMARY_HEADER = ["method"] + [f"{LABELS[k]} {w}" for k in SUMMARY_KEYS for w in ("Avg", "Last")] + ["s/request"]
+
+
+def markdown_summary(runs: dict[str, dict]) -> str:
+    lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + "---|" * len(SUMMARY_HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(runs)]
+    return "\n".join(lines) + "\n"
+
+
+def _examples_html(results: dict, run_dir: Path) -> str:
+    examples = results.get("examples") or []
+    if not examples:
+        return ""
+    cells = []
+    for ex in examples:
+        image_path = run_dir / ex["image"]
+        data = base64.b64encode(image_path.read_bytes()).decode() if image_path.exists() else ""
+        cells.append(
+            f"<div class='ex'><img src='data:image/png;base64,{data}' width='96' height='96'>"
+            f"<div><b>{html.escape(ex['request'])}</b> ({html.escape(ex['split'])})<br>"
+            f"Q: {html.escape(ex['instruction'])}<br>before: {html.escape(ex['before'])}<br>"
+            f"after: {html.escape(ex['after'])}</div></div>")
+    return f"<h3>{html.escape(results['method'])}: examples before and after</h3><div class='exs'>{''.join(cells)}</div>"
+
+
+def write_report(runs: dict[str, dict], run_dirs: dict[str, Path], out_dir: Path, title: str = "vlforget report") -> Path:
+    """Write `report.html` and `summary.md` into out_dir; returns the HTML path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = "<table><tr>" + "".join(f"<th>{h}</th>" for h in SUMMARY_HEADER) + "</tr>"
+    table += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in summary_rows(runs))
+    table += "</table>"
+    parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Summary (percent)</h2>", table,
+             "<p>CRR: context-aware refusal rate on forget data of requests seen so far; AR: answer rate "
+             "(answered correctly) on retain data; S: utility relative to the original model; dRR: "
+             "refusal-rate deviation (lower is better). Avg = mean over steps; Last = after the final request.</p>",
+             "<h2>Per-step curves</h2>", f"<img class='plot' alt='curves' src='data:image/png;base64,{curves_plot(runs)}'>"]
+    for name, results in runs.items():
+        parts.append(f"<h2>{html.escape(name)}</h2>")
+        parts.append(f"<img class='plot' alt='crr-heatmap' src='data:image/png;base64,{crr_heatmap(results)}'>")
+        routing = routing_heatmap(results)
+        if routing:
+            parts.append(f"<img class='plot' alt='routing-heatmap' src='data:image/png;base64,{routing}'>")
+        seconds = (results.get("summary") or {}).get("unlearn_seconds") or []
+        parts.append("<p>seconds per request: " + ", ".join(f"{s:.1f}" for s in seconds) + "</p>")
+        parts.append(_examples_html(results, run_dirs[name]))
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:12px}.plot{max-width:100%}"
+             ".exs{display:flex;flex-wrap:wrap}.ex{display:flex;gap:6px;width:360px;margin:4px;font-size:12px}"
+             "img{image-rendering:pixelated}")
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
+           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    path = out_dir / "report.html"
+    path.write_text(page)
+    (out_dir / "summary.md").write_text(f"# {title}\n\n" + markdown_summary(runs))
+    return path

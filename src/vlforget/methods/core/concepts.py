@@ -1,0 +1,152 @@
+"""The Decomposer: a request -> `Concepts` (visual and textual descriptions).
+
+Three sources, same output shape:
+- ``request``: the descriptions the request brings (`request.concepts`);
+- ``annotations``: written from the benchmark's machine-readable scope
+  (`request.scope`: visual attributes and intents), with the benchmark's phrase tables;
+- ``model``: from the model itself. Visual: the backbone captions every forget image
+  ("describe the image.") and every retain image; the attribute values (and
+  shape+colour pairs) that appear in most forget captions and clearly more often than in
+  retain captions become the concept ("an image with a red star"). Textual: each forget
+  instruction is matched (MiniLM) to the nearest phrase of a fixed, generic bank of
+  intent phrases; phrases that cover many forget instructions and few retain ones
+  become the intent concepts. If nothing stands out, the side is "any image" /
+  "any question", which the modulator then learns to ignore.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from vlforget.types import Concepts, DeletionRequest
+
+# A generic bank of instruction intents (not tied to the benchmark's templates).
+INTENT_BANK = [
+    "counting objects", "asking how many things there are", "naming the colour of an object",
+    "asking which colour something is", "asking where an object is", "locating an object in the picture",
+    "identifying what an object is", "naming an object", "asking about the size of an object",
+    "asking whether an object is big or small", "asking about the pattern or texture of an object",
+    "asking whether something is striped or solid", "asking whether an object is present",
+    "checking if the image contains something", "asking about the background colour",
+    "describing the whole image", "listing the objects in the image", "comparing two objects",
+    "asking which object is larger", "reading a number or digit",
+]
+CAPTION_PROMPT = "describe the image."
+FRAMES_V = ["{p}", "an image with {p}", "a picture showing {p}", "a scene containing {p}"]
+FRAMES_T = ["{p}", "a request about {p}", "an instruction for {p}", "a question on {p}"]
+
+
+class Decomposer:
+    """Produces a request's concept descriptions from one of three sources."""
+
+    def __init__(self, backbone=None, max_descriptions: int = 48):
+        self.backbone = backbone
+        self.max_descriptions = max_descriptions
+
+    def __call__(self, request: DeletionRequest, source: str = "request") -> Concepts:
+        if source == "request" and request.concepts is not None:
+            concepts = request.concepts
+        elif source in ("request", "annotations") and request.scope:
+            concepts = self.from_annotations(request)
+        elif source in ("request", "annotations", "model"):
+            concepts = self.from_model(request)
+        else:
+            raise ValueError(f"unknown concept source {source!r}; valid: request, annotations, model")
+        return self._trim(concepts)
+
+    def _trim(self, concepts: Concepts) -> Concepts:
+        def keep(items: list[str]) -> list[str]:
+            items = list(dict.fromkeys(items))  # unique, in order
+            if len(items) <= self.max_descriptions:
+                return items
+            step = len(items) / self.max_descriptions  # spread the pick over every phrase group
+            return [items[int(i * step)] for i in range(self.max_descriptions)]
+        from vlforget.data.requests import ANY_IMAGE, ANY_INSTRUCTION
+
+        return Concepts(keep(concepts.visual) or list(ANY_IMAGE), keep(concepts.textual) or list(ANY_INSTRUCTION),
+                        concepts.source)
+
+    # -- annotations -------------------------------------------------------------------
+    @staticmethod
+    def from_annotations(request: DeletionRequest) -> Concepts:
+        from vlforget.data.requests import describe_textual, describe_visual
+
+        scope = request.scope
+        mode = scope.get("mode", "both")
+        visual = scope.get("visual", {}) if mode != "textual" else {}
+        intents = scope.get("intents", []) if mode != "visual" else []
+        return Concepts(describe_visual(visual), describe_textual(intents), source="annotations")
+
+    # -- the model itself --------------------------------------------------------------------
+    def from_model(self, request: DeletionRequest) -> Concepts:
+        if self.backbone is None:
+            raise ValueError("concept_source 'model' needs a backbone to caption the forget images")
+        return Concepts(self.mine_visual(request), self.mine_textual(request), source="model")
+
+    def _attribute_sets(self, images) -> list[set[str]]:
+        """Per image: the attribute values and 'colour shape' pairs in the model's caption."""
+        from vlforget.data.scenes import BACKGROUNDS, CATEGORIES, COLOURS, PATTERNS, SIZES
+
+        known = set(CATEGORIES) | set(COLOURS) | set(SIZES) | set(PATTERNS)
+        captions = self.backbone.generate(list(images), [CAPTION_PROMPT] * len(images))
+        out = []
+        for caption in captions:
+            found: set[str] = set()
+            for part in caption.replace(".", " ").split(" and "):
+                words = [w for w in part.split() if w in known]
+                shapes = [w for w in words if w in CATEGORIES]
+                colours = [w for w in words if w in COLOURS]
+                found.update(words)
+                if shapes and colours:
+                    found.add(f"{colours[0]} {shapes[0]}")
+            found.update(w for w in caption.split() if w in BACKGROUNDS)
+            out.append(found)
+        return out
+
+    def mine_visual(self, request: DeletionRequest) -> list[str]:
+        from vlforget.data.requests import ANY_IMAGE, SHAPE_PHRASES
+
+        forget = self._attribute_sets([s.image for s in request.forget_train])
+        retain = self._attribute_sets([s.image for s in request.retain_train]) if request.retain_train else []
+        f_count = Counter(a for sets in forget for a in sets)
+        r_count = Counter(a for sets in retain for a in sets)
+        scored = []
+        for attr, c in f_count.items():
+            cover = c / len(forget)
+            lift = cover - (r_count[attr] / len(retain) if retain else 0.0)
+            if cover >= 0.4 and lift >= 0.25:
+                scored.append((cover + lift, attr))
+        if not scored:
+            return list(ANY_IMAGE)
+        scored.sort(reverse=True)
+        best = scored[0][0]
+        picked = [a for s, a in scored if s >= best - 0.15][:3]
+        cores = []
+        for attr in picked:
+            words = attr.split()
+            if len(words) == 1 and words[0] in SHAPE_PHRASES:
+                cores += SHAPE_PHRASES[words[0]]
+            elif len(words) == 2 and words[1] in SHAPE_PHRASES:
+                cores += [f"{p} that is {words[0]}" for p in SHAPE_PHRASES[words[1]]]
+            else:
+                cores += [f"a {attr} object", f"something {attr}", f"a {attr} shape", f"{attr} things"]
+        return [f.format(p=c) for f in FRAMES_V for c in cores]
+
+    def mine_textual(self, request: DeletionRequest) -> list[str]:
+        from vlforget.data.requests import ANY_INSTRUCTION
+        from vlforget.methods.core.scorer import encode_texts
+
+        bank = encode_texts(INTENT_BANK)
+
+        def nearest(instructions: list[str]) -> Counter:
+            if not instructions:
+                return Counter()
+            return Counter((encode_texts(instructions) @ bank.T).argmax(1).tolist())
+
+        f = nearest([s.instruction for s in request.forget_train])
+        r = nearest([s.instruction for s in request.retain_train])
+        n_f, n_r = len(request.forget_train), max(1, len(request.retain_train))
+        cores = [INTENT_BANK[i] for i, c in f.items() if c / n_f >= 0.15 and c / n_f - r[i] / n_r >= 0.1]
+        if not cores or sum(f[INTENT_BANK.index(c)] for c in cores) / n_f < 0.6:
+            return list(ANY_INSTRUCTION)  # no intent dominates the forget instructions
+        return [fr.format(p=c) for fr in FRAMES_T for c in cores]

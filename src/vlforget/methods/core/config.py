@@ -1,0 +1,64 @@
+"""CORE's configuration: one dataclass, every field with help text.
+
+The three ablation switches of the paper are `use_modulator`, `concept_routing` and
+`calibration`; `concept_source` picks where concept descriptions come from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vlforget.configs import option
+from vlforget.methods.base import MethodConfig
+
+CONCEPT_SOURCES = ("request", "annotations", "model")
+GATE_MODES = ("hard", "soft")
+
+
+@dataclass
+class CoreConfig(MethodConfig):
+    # -- refusers and routing ----------------------------------------------------------
+    pool_size: int = option(20, "number of refusers (connector copies); fixed, whatever the number of requests")
+    top_k: int = option(2, "refusers a query is routed to")
+    steps: int = option(120, "optimiser steps of the refusers per request")
+    batch_size: int = option(16, "forget pairs per step (plus as many gated retain pairs)")
+    lr: float = option(2e-3, "AdamW learning rate of the refusers and the request's router row")
+    retain_weight: float = option(1.0, "weight of the answer loss on retain pairs the gate lets through")
+    recommend_weight: float = option(1.0, "weight of the recommendation loss (reuse refusers of similar requests)")
+    load_weight: float = option(1.0, "weight of the load loss (avoid refusers of dissimilar requests)")
+    protect_weight: float = option(1.0, "weight of keeping shared refusers' outputs on earlier requests' prototypes")
+    similar_threshold: float = option(0.5, "task similarity from which an earlier request counts as related")
+    router_steps: int = option(100, "steps fitting the request's router row to the routing losses before training")
+    # -- concepts ----------------------------------------------------------------------
+    concept_source: str = option("request", "where concept descriptions come from: request | annotations | model")
+    max_descriptions: int = option(48, "descriptions kept per side (visual/textual) per request")
+    ridge: float = option(1.0, "ridge penalty of the concept layer's least-squares fit")
+    prototypes: int = option(8, "prototypes (k-means centroids of features) kept per request")
+    # -- modulator ---------------------------------------------------------------------
+    use_modulator: bool = option(True, "learn how a request's visual and textual scores combine (AND/OR/...); "
+                                       "off = a fixed average of the two")
+    modulator_steps: int = option(300, "full-batch steps of a request's modulator head")
+    # -- routing / calibration ---------------------------------------------------------
+    concept_routing: bool = option(True, "route on the modulator's concept relevances; off = on instruction "
+                                         "similarity to stored prototypes (MVP-style)")
+    calibration: bool = option(True, "gate refusers by relevance (skip them for unrelated queries); "
+                                     "off = always apply them with g = 1")
+    gate_mode: str = option("hard", "hard: g = 1 when relevance >= threshold else 0; soft: g = relevance")
+    threshold: float = option(0.5, "relevance below which the refusers are skipped (output untouched)")
+    route_temperature: float = option(0.1, "temperature sharpening the relevance weights the router reads")
+
+    def __post_init__(self) -> None:
+        if self.pool_size < 1:
+            raise ValueError(f"pool_size must be >= 1, got {self.pool_size}")
+        if not 1 <= self.top_k <= self.pool_size:
+            raise ValueError(f"top_k must be in 1..pool_size ({self.pool_size}), got {self.top_k}")
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("steps >= 0, batch_size >= 1 and lr > 0 are required")
+        if self.concept_source not in CONCEPT_SOURCES:
+            raise ValueError(f"unknown concept_source {self.concept_source!r}; valid: {', '.join(CONCEPT_SOURCES)}")
+        if self.gate_mode not in GATE_MODES:
+            raise ValueError(f"unknown gate_mode {self.gate_mode!r}; valid: {', '.join(GATE_MODES)}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.prototypes < 1 or self.max_descriptions < 1:
+            raise ValueError("prototypes and max_descriptions must be >= 1")

@@ -1,0 +1,200 @@
+"""Applying one deletion request to a `Core` method (the training side of CORE).
+
+Kept apart from `method.py` (the inference side) so each stays short; see that module's
+docstring for the six steps.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+
+from vlforget.methods.core import modulator as mod
+from vlforget.methods.core.concept_layer import ridge_fit
+from vlforget.methods.core.concepts import Decomposer
+from vlforget.methods.core.router import load_vector, route, routing_losses
+from vlforget.methods.core.scorer import encode_texts, load_scorer, vision_features
+from vlforget.types import DeletionRequest
+
+
+def kmeans(x: torch.Tensor, k: int, seed: int, iters: int = 15) -> torch.Tensor:
+    """k centroids of the rows of x (k-means++-free: seeded random init, Lloyd steps)."""
+    k = min(k, len(x))
+    gen = torch.Generator().manual_seed(seed)
+    centres = x[torch.randperm(len(x), generator=gen)[:k]].clone()
+    for _ in range(iters):
+        assign = torch.cdist(x, centres).argmin(1)
+        for c in range(k):
+            members = x[assign == c]
+            if len(members):
+                centres[c] = members.mean(0)
+    return centres
+
+
+def relative_ridge(x: torch.Tensor, y: torch.Tensor, strength: float):
+    """Ridge with the penalty relative to the features' mean variance (scale-free)."""
+    xc = x - x.mean(0)
+    penalty = strength * 0.05 * float((xc * xc).sum(0).mean()) + 1e-6
+    return ridge_fit(x, y, penalty)
+
+
+def fit_concept_layer(core, request, concepts, fx, fi, instructions):
+    """Ridge maps for this request; returns (wv, bv, wt, bt)."""
+    scorer = load_scorer(core.backbone)
+    with torch.no_grad():
+        vis = encode_texts(concepts.visual)
+        target_v = scorer.patch_similarity(fx, vis)  # [N, P, n_v]
+        wv, bv = relative_ridge(fx.reshape(-1, fx.shape[-1]), target_v.reshape(-1, target_v.shape[-1]),
+                                core.config.ridge)
+        target_t = encode_texts(instructions) @ encode_texts(concepts.textual).T  # [N, n_t]
+        wt, bt = relative_ridge(fi, target_t, core.config.ridge)
+    return wv, bv, wt, bt
+
+
+def task_similarity(core, zf: torch.Tensor) -> torch.Tensor:
+    """[T-1] in [0, 1]: how much the current forget pairs show earlier requests' concepts.
+
+    zf [N, T-1, 2]: current forget pairs on earlier requests' scales (1 = their forget
+    level). Each side counts by how much that request's modulator relies on it.
+    """
+    if zf.shape[1] == 0:
+        return torch.zeros(0)
+    match = zf.mean(0).clamp(0, 1)  # [T-1, 2]
+    sims = []
+    for j in range(zf.shape[1]):
+        d = mod.describe(core.heads[j])
+        imp = torch.tensor([d["visual"] + (d["and"] + d["or"]) / 2, d["textual"] + (d["and"] + d["or"]) / 2])
+        imp = imp / imp.sum().clamp(min=1e-6)
+        sims.append(float((imp * match[j]).sum()))
+    return torch.tensor(sims)
+
+
+def apply_request(core, request: DeletionRequest) -> None:
+    cfg = core.config
+    began = time.perf_counter()
+    t = len(core.heads)  # index of this request
+    seed = cfg.seed * 1000 + t
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+
+    concepts = Decomposer(core.backbone, cfg.max_descriptions)(request, cfg.concept_source)
+    forget, retain = request.forget_train, request.retain_train
+    fx = vision_features(core.backbone, [s.image for s in forget])
+    fi = core.instruction_embeddings([s.instruction for s in forget])
+    rx = vision_features(core.backbone, [s.image for s in retain]) if retain else fx[:0]
+    ri = core.instruction_embeddings([s.instruction for s in retain]) if retain else fi[:0]
+
+    # 1-2. concept layer, fit on this request's own pairs.
+    instructions = [s.instruction for s in forget + retain]
+    wv, bv, wt, bt = fit_concept_layer(core, request, concepts, torch.cat([fx, rx]), torch.cat([fi, ri]),
+                                       instructions)
+    core.bank.add(request.name, wv, bv, wt, bt)
+    with torch.no_grad():
+        raw_f = core.bank.raw(fx, fi)[:, t]
+        raw_r = core.bank.raw(rx, ri)[:, t] if retain else raw_f[:0]
+    pos = raw_f.mean(0)
+    neg = raw_r.quantile(0.25, dim=0) if len(raw_r) else pos - raw_f.std(0).clamp(min=1e-3) * 3
+    core.bank.set_levels(t, torch.stack([neg, pos], -1))  # [2 sides, (neg, pos)]
+
+    # 3. modulator head: forget vs hard negatives vs earlier prototypes.
+    with torch.no_grad():
+        zf_all = core.bank.scores(fx, fi)  # [Nf, T+1, 2]
+        zr = core.bank.scores(rx, ri)[:, t] if retain else zf_all[:0, t]
+        protos = [core.bank.scores(p, q)[:, t] for p, q in zip(core.proto_features, core.proto_instructions)]
+    zp = torch.cat(protos) if protos else zf_all[:0, t]
+    z = torch.cat([zf_all[:, t], zr, zp])
+    labels = torch.cat([torch.ones(len(fx)), torch.zeros(len(zr) + len(zp))])
+    head = mod.fit_head(z, labels, cfg.modulator_steps, seed) if cfg.use_modulator else mod.fixed_head()
+    core.heads.append(head)
+    with torch.no_grad():
+        p_train = torch.sigmoid(mod.head_logits(head[None], z[:, None, :])[:, 0])
+    modulator_acc = float(((p_train >= cfg.threshold).float() == labels).float().mean())
+
+    # 4. routing: similarity to earlier requests, router row fit to the routing losses.
+    similarity = task_similarity(core, zf_all[:, :t])
+    loads = torch.stack(core.loads) if core.loads else torch.zeros(0, cfg.pool_size)
+    row = (torch.randn(cfg.pool_size, generator=torch.Generator().manual_seed(seed)) * 0.01).requires_grad_(True)
+    router_opt = torch.optim.Adam([row], lr=0.1)
+    for _ in range(cfg.router_steps):
+        rec, load = routing_losses(row, loads, similarity, cfg.similar_threshold)
+        loss = cfg.recommend_weight * rec + cfg.load_weight * load
+        if not loss.requires_grad:
+            break
+        router_opt.zero_grad()
+        loss.backward()
+        router_opt.step()
+    experts = row.detach().topk(cfg.top_k).indices.tolist()
+
+    # 5. train the picked refusers.
+    for i, e in enumerate(core.pool.experts):
+        e.requires_grad_(i in experts)
+    params = [p for e in experts for p in core.pool.experts[e].parameters()]
+    # Shared refusers keep their outputs on earlier requests' prototypes.
+    protect = []
+    with torch.no_grad():
+        for j, load_j in enumerate(core.loads):
+            for e in experts:
+                if load_j[e] > 0:
+                    protect.append((e, float(load_j[e]), core.proto_features[j],
+                                    core.pool.experts[e](core.proto_features[j]).clone()))
+    # Retain pairs the (new) gate lets through are trained to keep their answers.
+    with torch.no_grad():
+        rel_r = core.relevance(rx, ri) if retain else torch.zeros(0, t + 1)
+        g_r = core.gates(rel_r) if retain else torch.zeros(0)
+    flagged = (g_r > 0).nonzero().squeeze(1).tolist()
+    optimiser = torch.optim.AdamW(params + [row], lr=cfg.lr, weight_decay=0.0)
+    refusal = request.refusals[0]
+    old_rows = torch.stack(core.rows) if core.rows else torch.zeros(0, cfg.pool_size)
+    core.backbone.model.eval()  # no dropout: the frozen parts behave as at inference
+    for step in range(cfg.steps):
+        idx = [rng.randrange(len(forget)) for _ in range(cfg.batch_size)]
+        batch = core.backbone.build_batch([forget[i].image for i in idx], [forget[i].instruction for i in idx],
+                                          [refusal] * len(idx))
+        ex, wts = route(row[None].expand(len(idx), -1), cfg.top_k)
+        with core.steer(mode="train", rows=torch.arange(len(idx)), experts=ex, weights=wts,
+                        gates=torch.ones(len(idx))):
+            loss = core.backbone.model(**batch).loss
+        if flagged and cfg.retain_weight > 0:
+            ridx = [flagged[rng.randrange(len(flagged))] for _ in range(min(cfg.batch_size, len(flagged)))]
+            rb = core.backbone.build_batch([retain[i].image for i in ridx], [retain[i].instruction for i in ridx],
+                                           [retain[i].answer for i in ridx])
+            sel = torch.tensor(ridx)
+            w = core.route_weights(rel_r[sel], ri[sel])
+            rex, rw = route(w @ torch.cat([old_rows, row[None]]), cfg.top_k)
+            with core.steer(mode="train", rows=torch.arange(len(ridx)), experts=rex, weights=rw, gates=g_r[sel]):
+                loss = loss + cfg.retain_weight * core.backbone.model(**rb).loss
+        rec, load = routing_losses(row, loads, similarity, cfg.similar_threshold)
+        loss = loss + 0.1 * (cfg.recommend_weight * rec + cfg.load_weight * load)
+        for e, weight, x, target in protect:
+            loss = loss + cfg.protect_weight * weight * F.mse_loss(core.pool.experts[e](x), target) * 10
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params + [row], 1.0)
+        optimiser.step()
+    for e in core.pool.experts:
+        e.requires_grad_(False)
+    row = row.detach()
+    ex, wts = route(row[None], cfg.top_k)
+
+    # 6. what this request leaves behind.
+    core.rows.append(row)
+    core.loads.append(load_vector(ex, wts, cfg.pool_size))
+    joint = torch.cat([fx.reshape(len(fx), -1), fi], 1)
+    centres = kmeans(joint, cfg.prototypes, seed)
+    d = fx.shape[1] * fx.shape[2]
+    core.proto_features.append(centres[:, :d].reshape(len(centres), fx.shape[1], fx.shape[2]).contiguous())
+    core.proto_instructions.append(centres[:, d:].contiguous())
+    core.concepts.append({"name": request.name, "visual": concepts.visual, "textual": concepts.textual,
+                          "source": concepts.source})
+    core.info.append({
+        "name": request.name,
+        "refusers": experts,
+        "similarity": {core.concepts[j]["name"]: round(float(s), 3) for j, s in enumerate(similarity)},
+        "modulator": mod.describe(head),
+        "modulator_train_accuracy": round(modulator_acc, 4),
+        "retain_gated": len(flagged),
+        "seconds": round(time.perf_counter() - began, 2),
+    })

@@ -1,0 +1,1 @@
+"""The built-in model: word-level tokenizer, a tiny LLaVA, and the `Backbone` API."""

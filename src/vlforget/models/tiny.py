@@ -34,7 +34,7 @@ N_IMAGE_TOKENS = (IMAGE_SIZE // PATCH) ** 2
 
 
 def make_config(tokenizer, vision_hidden: int = 128, vision_layers: int = 2, vision_intermediate: int = 512,
-                text_hidden: int = 128, text_layers: int = 4, text_intermediate: int = 512, heads: int = 4,
+                text_hidden: int = 128, text_layers: int = 4, text_intermediate: int = 256, heads: int = 4,
                 initializer_range: float = 0.15):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
@@ -226,6 +226,17 @@ def quick_eval(backbone: Backbone, samples) -> dict[str, float]:
     return out
 
 
+def _length_buckets(lengths: torch.Tensor, batch_size: int, gen: torch.Generator, group: int = 64) -> list[list[int]]:
+    """One epoch of batches of similar length (less padding), in random order."""
+    order = torch.randperm(len(lengths), generator=gen)
+    batches = []
+    for start in range(0, len(order) - batch_size + 1, batch_size * group):
+        chunk = order[start:start + batch_size * group]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches += [chunk[i:i + batch_size].tolist() for i in range(0, len(chunk) - batch_size + 1, batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
 def train_language(backbone: Backbone, data: dict, val_samples, steps: int, batch_size: int = 16,
                    lr: float = 5e-4, seed: int = 0, eval_every: int = 2000, log=print,
                    deadline: float | None = None) -> None:
@@ -237,16 +248,15 @@ def train_language(backbone: Backbone, data: dict, val_samples, steps: int, batc
     instr_ids = backbone.encode_text(data["instructions"])
     answer_ids = backbone.encode_text(data["answers"])
     gen = torch.Generator().manual_seed(seed + 2)
-    n = len(instr_ids)
-    order, cursor = torch.randperm(n, generator=gen), 0
+    lengths = torch.tensor([len(a) + len(b) for a, b in zip(instr_ids, answer_ids)])
+    batches: list[list[int]] = []
     model.train()
     backbone.vision_encoder.eval()
     start, running = time.time(), 0.0
     for step in range(1, steps + 1):
-        if cursor + batch_size > n:
-            order, cursor = torch.randperm(n, generator=gen), 0
-        idx = order[cursor:cursor + batch_size].tolist()
-        cursor += batch_size
+        if not batches:
+            batches = _length_buckets(lengths, batch_size, gen)
+        idx = batches.pop()
         batch = assemble([instr_ids[i] for i in idx], [answer_ids[i] for i in idx], **special)
         batch["pixel_values"] = normalise_uint8(data["pixels"][idx])
         loss = model(**batch).loss
@@ -272,20 +282,24 @@ def train_language(backbone: Backbone, data: dict, val_samples, steps: int, batc
 
 # ---------------------------------------------------------------- the recipe
 
-def pretrain(out_dir: str | Path, seed: int = 0, minutes_budget: float = 30.0, n_train: int = 100_000,
-             vision_steps: int = 4000, language_steps: int = 20_000, batch_size: int = 16, lr: float = 5e-4,
-             threads: int = 2, log=print, **config_kwargs) -> Backbone:
+def pretrain(out_dir: str | Path, seed: int = 0, minutes_budget: float = 30.0, n_train: int = 60_000,
+             vision_steps: int = 3000, language_steps: int = 20_000, batch_size: int = 16, lr: float = 5e-4,
+             threads: int = 1, stage1_dir: str | Path | None = None, log=print, **config_kwargs) -> Backbone:
     """Reproduce the built-in model into `out_dir` (defaults = the committed weights).
 
-    The recipe runs a fixed number of steps so a seed gives the same weights;
+    The recipe runs a fixed number of steps so a seed gives the same weights (for the
+    same thread count: the committed weights were trained with `threads=1`, which on
+    this tiny model is about as fast as 2 and far faster when the cores are shared);
     `minutes_budget` is only a safety stop (the run warns and stops early if reached).
+    `stage1_dir`: where to save the stage-1 vision tower, or reuse it from if present
+    (to iterate on stage 2 without retraining the vision tower).
     """
     torch.set_num_threads(threads)
     t0 = time.time()
     deadline = t0 + minutes_budget * 60
     log(f"pretraining the tiny LLaVA: seed {seed}, {n_train} pairs, {vision_steps} vision steps, "
         f"{language_steps} language steps, {threads} threads")
-    data = make_pool(n_train, seed, processes=threads)
+    data = make_pool(n_train, seed, processes=2)  # same data for any number of processes
     val = make_pool(1000, seed + 10_000, processes=1, chunk=1000, pool="test")
     from vlforget.data.benchmark import general_samples
 
@@ -296,13 +310,25 @@ def pretrain(out_dir: str | Path, seed: int = 0, minutes_budget: float = 30.0, n
     backbone = build_backbone(seed, **config_kwargs)
     n_params = sum(p.numel() for p in backbone.model.parameters())
     log(f"model: {n_params / 1e6:.2f}M parameters")
-    train_vision(backbone, data, val, vision_steps, seed=seed, log=log, deadline=deadline)
+    stage1 = Path(stage1_dir) if stage1_dir else None
+    if stage1 is not None and (stage1 / "vision_tower.pt").exists():
+        backbone.vision_encoder.load_state_dict(torch.load(stage1 / "vision_tower.pt"))
+        backbone.vision_encoder.eval().requires_grad_(False)
+        log(f"stage 1: reusing the vision tower from {stage1}")
+        reused = True
+    else:
+        reused = False
+        train_vision(backbone, data, val, vision_steps, seed=seed, log=log, deadline=deadline)
+        if stage1 is not None:
+            stage1.mkdir(parents=True, exist_ok=True)
+            torch.save(backbone.vision_encoder.state_dict(), stage1 / "vision_tower.pt")
     log(f"stage 1 done at {time.time() - t0:.0f}s")
     train_language(backbone, data, val_samples, language_steps, batch_size=batch_size, lr=lr, seed=seed,
                    log=log, deadline=deadline)
     log(f"stage 2 done at {time.time() - t0:.0f}s")
     backbone.meta.update({"pretrain": {"seed": seed, "n_train": n_train, "vision_steps": vision_steps,
                                        "language_steps": language_steps, "batch_size": batch_size, "lr": lr,
+                                       "threads": threads, "stage1_reused": bool(stage1 and reused),
                                        "minutes": round((time.time() - t0) / 60, 1)}})
     for p in backbone.model.parameters():
         p.requires_grad_(True)
@@ -318,10 +344,12 @@ if __name__ == "__main__":  # pragma: no cover
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes-budget", type=float, default=30.0)
-    parser.add_argument("--n-train", type=int, default=100_000)
-    parser.add_argument("--vision-steps", type=int, default=4000)
+    parser.add_argument("--n-train", type=int, default=60_000)
+    parser.add_argument("--vision-steps", type=int, default=3000)
     parser.add_argument("--language-steps", type=int, default=20_000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--stage1-dir", default=None)
     args = parser.parse_args()
     pretrain(args.out_dir, seed=args.seed, minutes_budget=args.minutes_budget, n_train=args.n_train,
              vision_steps=args.vision_steps, language_steps=args.language_steps,
-             log=lambda m: print(m, flush=True))
+             threads=args.threads, stage1_dir=args.stage1_dir, log=lambda m: print(m, flush=True))

@@ -58,6 +58,7 @@ class Core(Method):
         self._instruction_cache: dict[str, torch.Tensor] = {}
         self._steer = None
         self._stacked = None
+        self._pending_key = None  # instruction key of the request being applied (concept_routing=False)
 
     # ------------------------------------------------------------------ embeddings
     def instruction_embeddings(self, instructions: list[str]) -> torch.Tensor:
@@ -72,7 +73,8 @@ class Core(Method):
 
     # ------------------------------------------------------------------ relevance / routing
     def _stack(self):
-        if self._stacked is None or len(self._stacked[0]) != len(self.heads):
+        if self._stacked is None or len(self._stacked[0]) != len(self.heads) or (
+                self._stacked[1] is not None and len(self._stacked[1]) != len(self.rows)):
             self._stacked = (torch.stack(self.heads), torch.stack(self.rows) if self.rows else None,
                              torch.stack([p.mean(0) for p in self.proto_instructions]) if self.proto_instructions
                              else None)
@@ -96,8 +98,10 @@ class Core(Method):
         if self.config.concept_routing:
             return torch.softmax(torch.log(relevance.clamp(min=1e-6)) / self.config.route_temperature, dim=-1)
         keys = self._stack()[2]
-        n = min(len(keys), relevance.shape[1])
-        cos = F.normalize(instruction, dim=-1) @ F.normalize(keys[:n], dim=-1).T
+        if keys is None or len(keys) < relevance.shape[1]:  # the request being applied has no prototype yet
+            extra = self._pending_key[None]
+            keys = extra if keys is None else torch.cat([keys, extra])
+        cos = F.normalize(instruction, dim=-1) @ F.normalize(keys, dim=-1).T
         return torch.softmax(cos / 0.05, dim=-1)
 
     # ------------------------------------------------------------------ the hook

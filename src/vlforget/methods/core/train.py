@@ -128,6 +128,7 @@ def apply_request(core, request: DeletionRequest) -> None:
         router_opt.step()
     experts = row.detach().topk(cfg.top_k).indices.tolist()
 
+    core._pending_key = fi.mean(0)
     # 5. train the picked refusers.
     for i, e in enumerate(core.pool.experts):
         e.requires_grad_(i in experts)

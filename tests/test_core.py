@@ -1,0 +1,182 @@
+"""CORE (`vlforget.methods.core`): router, refuser reuse, calibration, modulator, state.
+
+One module-scoped run applies three requests with small data and few steps:
+star-identity, red-count (unrelated to it) and blue-count (related to red-count: same
+intent, another colour).
+"""
+
+from __future__ import annotations
+
+import torch
+import pytest
+
+from vlforget.data.benchmark import Benchmark, BenchmarkConfig
+from vlforget.methods import make_method
+from vlforget.methods.core import modulator as mod
+from vlforget.methods.core.concepts import Decomposer
+from vlforget.methods.core.refusers import RefuserPool
+from vlforget.methods.core.router import load_vector, route, routing_losses
+from vlforget.models.backbone import Backbone
+
+FAST = {"steps": 40, "batch_size": 12}
+NAMES = ("star-identity", "red-count", "blue-count")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return Benchmark(BenchmarkConfig(seed=3, n_forget_train=16, n_forget_test=10, n_retain_train=16,
+                                     n_retain_test=10, n_utility=40))
+
+
+@pytest.fixture(scope="module")
+def requests(bench):
+    by_name = {r.name: r for r in bench.requests()}
+    return [by_name[n] for n in NAMES]
+
+
+@pytest.fixture(scope="module")
+def trained(requests):
+    torch.set_num_threads(2)
+    core = make_method("core", Backbone.load(), FAST)
+    for r in requests:
+        core.unlearn(r)
+    return core
+
+
+def _answers(method, samples):
+    return method.generate([s.image for s in samples], [s.instruction for s in samples])
+
+
+# ----------------------------------------------------------------------------- units
+def test_router_picks_top_k_with_normalised_weights():
+    logits = torch.tensor([[0.1, 3.0, -1.0, 2.0, 0.0], [5.0, 0.0, 4.0, 0.0, 0.0]])
+    experts, weights = route(logits, 2)
+    assert experts.tolist() == [[1, 3], [0, 2]]
+    assert torch.allclose(weights.sum(1), torch.ones(2))
+    assert (weights[:, 0] > weights[:, 1]).all()
+    load = load_vector(experts, weights, 5)
+    assert load.sum().item() == pytest.approx(1.0) and load[4] == 0
+
+
+def test_routing_losses_reuse_related_and_avoid_dissimilar():
+    loads = torch.zeros(2, 6)
+    loads[0, [0, 1]] = 0.5  # a related earlier request used refusers 0, 1
+    loads[1, [2, 3]] = 0.5  # an unrelated one used 2, 3
+    row = torch.zeros(6, requires_grad=True)
+    opt = torch.optim.Adam([row], lr=0.1)
+    for _ in range(100):
+        rec, load = routing_losses(row, loads, torch.tensor([0.9, 0.0]), 0.5)
+        opt.zero_grad()
+        (rec + load).backward()
+        opt.step()
+    assert set(row.topk(2).indices.tolist()) == {0, 1}
+    # With no related request, both earlier requests' refusers are avoided.
+    row = (torch.randn(6, generator=torch.Generator().manual_seed(0)) * 0.01).requires_grad_(True)
+    opt = torch.optim.Adam([row], lr=0.1)
+    for _ in range(100):
+        rec, load = routing_losses(row, loads, torch.tensor([0.2, 0.0]), 0.5)
+        opt.zero_grad()
+        (rec + load).backward()
+        opt.step()
+    assert set(row.topk(2).indices.tolist()) == {4, 5}
+
+
+def test_refuser_mix_gate_zero_is_identity():
+    connector = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU(), torch.nn.Linear(4, 4))
+    pool = RefuserPool(connector, 3)
+    x = torch.randn(5, 9, 4)
+    base = connector(x)
+    experts, weights = torch.tensor([[0, 1], [1, 2]]), torch.tensor([[0.5, 0.5], [0.7, 0.3]])
+    out = pool.mix(x, base, torch.tensor([1, 3]), experts, weights, torch.tensor([1.0, 0.0]))
+    assert torch.equal(out[[0, 2, 3, 4]], base[[0, 2, 3, 4]])  # untouched rows, and g = 0
+    assert torch.allclose(out[1], base[1])  # copies of the connector: mixture = P at init
+
+
+def test_modulator_learns_and_versus_or():
+    corners = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    z = corners.repeat(25, 1) + 0.1 * torch.randn(100, 2, generator=torch.Generator().manual_seed(0))
+    and_labels = torch.tensor([0.0, 0.0, 0.0, 1.0]).repeat(25)
+    or_labels = torch.tensor([0.0, 1.0, 1.0, 1.0]).repeat(25)
+    # AND is trained like a `both` request: hard negatives share one side, never neither.
+    keep = ~((z[:, 0] < 0.5) & (z[:, 1] < 0.5))
+    and_head = mod.fit_head(z[keep], and_labels[keep], steps=400)
+    or_head = mod.fit_head(z, or_labels, steps=400)
+    p_and = torch.sigmoid(mod.head_logits(and_head[None], corners[:, None, :])[:, 0])
+    p_or = torch.sigmoid(mod.head_logits(or_head[None], corners[:, None, :])[:, 0])
+    assert (p_and > 0.5).tolist() == [False, False, False, True]  # (0, 0) stays out: monotone
+    assert (p_or > 0.5).tolist() == [False, True, True, True]
+    assert mod.describe(and_head)["and"] > mod.describe(and_head)["or"]
+    assert mod.describe(or_head)["or"] > mod.describe(or_head)["and"]
+
+
+def test_config_errors_name_the_valid_options():
+    with pytest.raises(ValueError, match="concept_source"):
+        make_method("core", None, {"concept_source": "oracle"})
+    with pytest.raises(ValueError, match="top_k"):
+        make_method("core", None, {"top_k": 30})
+
+
+# ----------------------------------------------------------------------------- integration
+def test_concepts_from_every_source(trained, requests):
+    decomposer = Decomposer(trained.backbone)
+    red = requests[1]
+    for source in ("request", "annotations", "model"):
+        concepts = decomposer(red, source)
+        assert concepts.visual and concepts.textual
+    mined = decomposer(red, "model")
+    assert mined.source == "model"
+    assert any("red" in d for d in mined.visual), mined.visual[:4]
+    assert any("count" in d or "how many" in d for d in mined.textual), mined.textual[:4]
+
+
+def test_refusers_reused_for_related_and_new_for_novel(trained):
+    star, red, blue = (set(i["refusers"]) for i in trained.info)
+    assert not star & red  # red-count is unrelated to star-identity: fresh refusers
+    assert blue & red  # blue-count is related to red-count: shares a refuser
+    assert not blue & star
+    assert trained.info[2]["similarity"]["red-count"] > trained.info[2]["similarity"]["star-identity"]
+
+
+def test_forgets_in_context(trained, requests):
+    from vlforget.evaluation.judge import make_judge
+
+    judge = make_judge("lexical")
+    contexts = {r.name: r.refusals + [r.description] for r in requests}
+    for r in requests:
+        verdicts = judge.judge(_answers(trained, r.forget_test), [r.name] * len(r.forget_test), contexts)
+        assert sum(v.context_ok for v in verdicts) >= 0.6 * len(verdicts), r.name
+
+
+def test_unrelated_queries_are_bit_identical_to_the_base_model(trained, bench):
+    utility = bench.utility_split()
+    base = trained.backbone.generate([s.image for s in utility], [s.instruction for s in utility])
+    queue = trained.instruction_embeddings([s.instruction for s in utility])
+    with trained.steer(mode="infer", queue=queue, pos=0, gated=0) as state:
+        steered = trained.backbone.generate([s.image for s in utility], [s.instruction for s in utility])
+    assert state.gated <= 0.1 * len(utility)
+    with torch.no_grad():
+        feats = trained.backbone.vision_features([s.image for s in utility])
+        gated = trained.gates(trained.relevance(feats, queue)) > 0
+    same = [a == b for a, b in zip(base, steered)]
+    assert all(s for s, g in zip(same, gated.tolist()) if not g)
+    # ... and exactly the same logits when nothing is gated.
+    quiet = [s for s, g in zip(utility, gated.tolist()) if not g][:8]
+    batch = trained.backbone.build_batch([s.image for s in quiet], [s.instruction for s in quiet])
+    with torch.no_grad():
+        ref = trained.backbone.model(**batch).logits
+        with trained.steer(mode="infer", queue=trained.instruction_embeddings([s.instruction for s in quiet]),
+                           pos=0, gated=0):
+            got = trained.backbone.model(**batch).logits
+    assert torch.equal(ref, got)
+    assert not trained.backbone.connector._forward_hooks  # the hook is always removed
+
+
+def test_save_load_round_trip(trained, requests, bench, tmp_path):
+    probe = [s for r in requests for s in r.forget_test[:4] + r.retain_test[:4]] + bench.utility_split()[:8]
+    before = _answers(trained, probe)
+    trained.save(tmp_path / "core")
+    fresh = make_method("core", Backbone.load(), FAST)
+    fresh.load(tmp_path / "core")
+    assert fresh.applied == list(NAMES)
+    assert _answers(fresh, probe) == before
+    assert fresh.pool.parameter_count() == trained.pool.parameter_count()

@@ -37,8 +37,16 @@ def user_errors(fn):
     return wrapper
 
 
-def _benchmark(seed: int, tasks: Optional[Path], paraphrases: Optional[Path]):
+def _benchmark(seed: int, tasks: Optional[Path], paraphrases: Optional[Path],
+               dataset: Optional[str] = None, data: Optional[Path] = None):
     from vlforget.data.benchmark import Benchmark, BenchmarkConfig
+
+    if dataset or data:
+        if not (dataset and data):
+            raise ValueError("--dataset FORMAT and --data PATH go together")
+        from vlforget.data.loaders.sequence import LoadedSequence
+
+        return LoadedSequence(dataset, data)
 
     return Benchmark(BenchmarkConfig(seed=seed, requests_file=str(tasks) if tasks else None,
                                      paraphrases_file=str(paraphrases) if paraphrases else None))
@@ -77,14 +85,15 @@ def _finish(runs: dict[str, dict], dirs: dict[str, Path], out: Path, title: str 
 
 
 def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path], tasks: Optional[Path],
-            seed: int, paraphrases: Optional[Path], limit: Optional[int], judge_name: str) -> dict:
+            seed: int, paraphrases: Optional[Path], limit: Optional[int], judge_name: str,
+            dataset: Optional[str] = None, data: Optional[Path] = None) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vlforget.evaluation.judge import make_judge
     from vlforget.evaluation.runner import ContinualRun
 
     overrides = {"seed": seed, **_overrides(config)}
-    run = ContinualRun(method, _benchmark(seed, tasks, paraphrases), out, _backbone_loader(model),
+    run = ContinualRun(method, _benchmark(seed, tasks, paraphrases, dataset, data), out, _backbone_loader(model),
                        overrides, make_judge(judge_name), limit)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
@@ -128,9 +137,12 @@ def run(method: str = typer.Option(DEFAULT_METHOD, help="registered method name 
         seed: int = typer.Option(0, help="seed for the benchmark and the method"),
         paraphrases: Optional[Path] = typer.Option(None, help="file mapping intent -> evaluation templates"),
         limit: Optional[int] = typer.Option(None, help="only the first N requests"),
-        judge: str = typer.Option("minilm", help="refusal judge: minilm or lexical")):
+        judge: str = typer.Option("minilm", help="refusal judge: minilm or lexical"),
+        dataset: Optional[str] = typer.Option(None, help="load a published benchmark instead: core, safeeraser, "
+                                              "mllmu, clear, fiubench, llava_json, jsonl, parquet"),
+        data: Optional[Path] = typer.Option(None, help="with --dataset: the folder or file holding it")):
     """Run one method over the request sequence (resumes an interrupted run in --out)."""
-    results = run_one(method, out, model, config, tasks, seed, paraphrases, limit, judge)
+    results = run_one(method, out, model, config, tasks, seed, paraphrases, limit, judge, dataset, data)
     _finish({method: results}, {method: out}, out)
 
 

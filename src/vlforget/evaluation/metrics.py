@@ -110,7 +110,8 @@ def step_metrics(forget: dict[str, list[Pair]], retain: dict[str, list[Pair]], u
 
     forget:   request name -> [(response, original answer)] for every request seen so far;
               an empty original answer means unknown (left out of leakage).
-    retain:   request name -> [(response, correct answer)] for the retain pairs evaluated.
+    retain:   request name -> [(response, correct answer)] for the retain pairs evaluated;
+              an empty answer means unknown: the pair counts as answered if not refused.
     utility_accuracy / utility_base: exact-match accuracy (any one scale) of the current and
               the original model on the utility split.
     judge:    a Judge (None: make_judge('auto')).
@@ -136,7 +137,10 @@ def step_metrics(forget: dict[str, list[Pair]], retain: dict[str, list[Pair]], u
     retain_n = retain_refused = retain_answered = 0
     for name, pairs in retain.items():
         flags = judge.is_refusal([r for r, _ in pairs])
-        answered = sum(not f and normalise_answer(r) == normalise_answer(a) for f, (r, a) in zip(flags, pairs))
+        # A retain pair with no known reference (e.g. open prompts in loaded datasets)
+        # counts as answered when it is not refused: correctness cannot be checked.
+        answered = sum(not f and (not normalise_answer(a) or normalise_answer(r) == normalise_answer(a))
+                       for f, (r, a) in zip(flags, pairs))
         entry = per_request.setdefault(name, {})
         entry.update({"n_retain": len(pairs), "ar": pct(answered, len(pairs)), "rr_retain": pct(sum(flags), len(pairs))})
         retain_n += len(pairs)

@@ -22,7 +22,6 @@ import torch
 
 from vlforget import __version__
 from vlforget.configs import to_dict
-from vlforget.data.benchmark import Benchmark
 from vlforget.evaluation.metrics import exact_match, step_metrics, summarize
 from vlforget.methods.base import Method, make_method
 from vlforget.types import Sample
@@ -64,9 +63,13 @@ def state_dir(out_dir: Path, step: int) -> Path:
 
 
 class ContinualRun:
-    """One method over one request sequence, writing to `out_dir`."""
+    """One method over one request sequence, writing to `out_dir`.
 
-    def __init__(self, method_name: str, benchmark: Benchmark, out_dir: str | Path, backbone_loader,
+    `benchmark` is the built-in `Benchmark` or anything with `requests()`,
+    `utility_split()`, `version` and `config` (e.g. `data.loaders.sequence.LoadedSequence`).
+    """
+
+    def __init__(self, method_name: str, benchmark, out_dir: str | Path, backbone_loader,
                  method_overrides: dict | None = None, judge=None, limit: int | None = None,
                  progress: Progress | None = None):
         self.out_dir = Path(out_dir)
@@ -86,7 +89,8 @@ class ContinualRun:
             "schema": SCHEMA,
             "vlforget_version": __version__,
             "benchmark_version": self.benchmark.version,
-            "benchmark_config": asdict(self.benchmark.config),
+            "benchmark_config": self.benchmark.config if isinstance(self.benchmark.config, dict)
+            else asdict(self.benchmark.config),
             "method": self.method_name,
             "config": to_dict(self.method.config),
             "seed": self.method.config.seed,
@@ -130,7 +134,10 @@ class ContinualRun:
             retain[r.name] = [(resp, s.answer) for resp, s in zip(responses, r.retain_test)]
         utility = self.benchmark.utility_split()
         utility_acc = exact_match(respond(self.method, utility), [s.answer for s in utility])
-        return step_metrics(forget, retain, utility_acc, utility_base, self.judge, self.contexts)
+        metrics = step_metrics(forget, retain, utility_acc, utility_base, self.judge, self.contexts)
+        if not utility:
+            metrics["s"] = None  # no general held-out data: utility is not measured
+        return metrics
 
     @staticmethod
     def _summary(results: dict[str, Any]) -> dict[str, Any]:

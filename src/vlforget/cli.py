@@ -65,13 +65,20 @@ def _overrides(config: Optional[Path]) -> dict:
 
 
 def summary_table(runs: dict[str, dict], title: str = "Summary (percent)") -> Table:
-    from vlforget.evaluation.report import SUMMARY_HEADER, summary_rows
+    """Compact terminal table: one row per method, each metric as "avg/last" so it fits 80 columns."""
+    from rich import box
 
-    table = Table(title=title)
-    for i, header in enumerate(SUMMARY_HEADER):
-        table.add_column(header, justify="left" if i == 0 else "right")
+    from vlforget.evaluation.report import LABELS, SUMMARY_KEYS, summary_rows
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
+                  caption="each cell: mean over steps / after the last request")
+    table.add_column("method", no_wrap=True)
+    for key in SUMMARY_KEYS:
+        table.add_column(LABELS[key] if key != "overrefusal" else "OverRef", justify="right", no_wrap=True)
+    table.add_column("s/req", justify="right", no_wrap=True)
     for row in summary_rows(runs):
-        table.add_row(*row)
+        pairs = [f"{row[1 + 2 * i]}/{row[2 + 2 * i]}" for i in range(len(SUMMARY_KEYS))]
+        table.add_row(row[0], *pairs, row[-1])
     return table
 
 
@@ -106,9 +113,9 @@ def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path]
                 bar.update(task, description=f"{method}: {event} {info['step']:02d} {info['request']}")
             elif event == "step":
                 bar.update(task, advance=1)
-                bar.console.print(f"  step {info['step']:02d} {info['request']:<28} CRR {info['crr']:5.1f}  "
-                                  f"AR {info['ar']:5.1f}  S {info['s']:5.1f}  dRR {info['drr']:5.1f}  "
-                                  f"({info['unlearn_seconds']:.1f} s)")
+                bar.console.print(f"  {info['step']:02d} {info['request'][:24]:<24} CRR {info['crr']:5.1f} "
+                                  f"AR {info['ar']:5.1f} S {info['s']:5.1f} dRR {info['drr']:5.1f} "
+                                  f"{info['unlearn_seconds']:5.1f}s", no_wrap=True)
         run.progress = progress
         return run.run()
 

@@ -105,7 +105,9 @@ class Backbone:
     def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu", dtype=None) -> "Backbone":
         """Load a saved backbone (None = the built-in model shipped with vlforget)."""
         from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerFast
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a per-load tqdm bar would interleave with our own progress output
         path = builtin_path() if path is None else Path(path)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no model found in {path} (expected config.json, weights and tokenizer files)")

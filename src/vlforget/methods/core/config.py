@@ -20,9 +20,11 @@ class CoreConfig(MethodConfig):
     # -- refusers and routing ----------------------------------------------------------
     pool_size: int = option(20, "number of refusers (connector copies); fixed, whatever the number of requests")
     top_k: int = option(2, "refusers a query is routed to")
-    steps: int = option(120, "optimiser steps of the refusers per request")
+    output_adapter_rank: int = option(16, "rank of each refuser's gated output adapter on the LM head input "
+                                          "(0 = connector-only refusers, as in the paper)")
+    steps: int = option(150, "optimiser steps of the refusers per request")
     batch_size: int = option(16, "forget pairs per step (plus as many gated retain pairs)")
-    lr: float = option(2e-3, "AdamW learning rate of the refusers and the request's router row")
+    lr: float = option(1e-2, "AdamW learning rate of the refusers and the request's router row")
     retain_weight: float = option(1.0, "weight of the answer loss on retain pairs the gate lets through")
     recommend_weight: float = option(1.0, "weight of the recommendation loss (reuse refusers of similar requests)")
     load_weight: float = option(1.0, "weight of the load loss (avoid refusers of dissimilar requests)")

@@ -46,7 +46,10 @@ class Core(Method):
         super().__init__(backbone, config)
         for p in backbone.model.parameters():
             p.requires_grad_(False)
-        self.pool = RefuserPool(backbone.connector, self.config.pool_size)
+        hidden = backbone.model.get_input_embeddings().weight.shape[1]
+        self.pool = RefuserPool(backbone.connector, self.config.pool_size,
+                                hidden if self.config.output_adapter_rank > 0 else None,
+                                max(1, self.config.output_adapter_rank))
         self.bank = ConceptBank()
         self.heads: list[torch.Tensor] = []  # [5] per request
         self.rows: list[torch.Tensor] = []  # router row [pool] per request
@@ -111,7 +114,9 @@ class Core(Method):
             return None
         x = args[0]
         if st.mode == "train":
+            st.active = (st.rows, st.experts, st.weights, st.gates)
             return self.pool.mix(x, output, st.rows, st.experts, st.weights, st.gates)
+        st.active = None  # a new generation chunk starts with its prefill
         b = x.shape[0]
         if st.pos + b > len(st.queue):
             raise RuntimeError(f"connector called for {b} images but only {len(st.queue) - st.pos} queued "
@@ -127,17 +132,31 @@ class Core(Method):
                 return None  # the original connector output, untouched
             w = self.route_weights(rel[rows], instruction[rows])
             experts, weights = route(w @ self._stack()[1], self.config.top_k)
+            st.active = (rows, experts, weights, g[rows])
             return self.pool.mix(x, output, rows, experts, weights, g[rows])
+
+    def _head_hook(self, module, args):
+        st = self._steer
+        if st is None or getattr(st, "active", None) is None:
+            return None
+        h = args[0]
+        rows, experts, weights, gates = st.active
+        if len(rows) and int(rows.max()) >= h.shape[0]:
+            raise RuntimeError("LM head batch does not match the connector batch")
+        return (self.pool.adapt(h, rows, experts, weights, gates), *args[1:])
 
     @contextmanager
     def steer(self, **state):
         """Install the refuser hook on the connector; always removed on exit."""
-        handle = self.backbone.connector.register_forward_hook(self._hook)
-        self._steer = SimpleNamespace(**state)
+        handles = [self.backbone.connector.register_forward_hook(self._hook)]
+        if self.pool.adapters is not None:
+            handles.append(self.backbone.model.lm_head.register_forward_pre_hook(self._head_hook))
+        self._steer = SimpleNamespace(active=None, **state)
         try:
             yield self._steer
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
             self._steer = None
 
     def generate(self, images, instructions, **kwargs) -> list[str]:

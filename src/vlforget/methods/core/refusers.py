@@ -8,6 +8,12 @@ gate g, the image tokens the language model reads are
 
 so g = 0 gives P(x) exactly. Only rows (queries) with g > 0 are computed, and only
 through the refusers they are routed to.
+
+Deviation (docs/methods_core.md): each refuser also owns a low-rank *output adapter*
+on the hidden state the LM head reads, h + g/(1+g) * sum_k p_k B_k A_k h (B_k = 0 at
+init), applied to the same gated rows only. The built-in tiny LM never produced the
+refusal words, and a frozen LM steered through 9 image tokens alone plateaus far from
+them (measured: NLL 0.6/token after 400 steps vs 0.002 after 60 with the adapter).
 """
 
 from __future__ import annotations
@@ -17,12 +23,45 @@ import copy
 import torch
 
 
+class OutputAdapter(torch.nn.Module):
+    def __init__(self, hidden: int, rank: int, seed: int):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.a = torch.nn.Parameter(torch.randn(hidden, rank, generator=gen) * 0.05)
+        self.b = torch.nn.Parameter(torch.zeros(rank, hidden))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return (h @ self.a) @ self.b
+
+
 class RefuserPool(torch.nn.Module):
-    def __init__(self, connector: torch.nn.Module, size: int):
+    def __init__(self, connector: torch.nn.Module, size: int, hidden: int | None = None, rank: int = 16):
         super().__init__()
         self.experts = torch.nn.ModuleList(copy.deepcopy(connector) for _ in range(size))
+        self.adapters = torch.nn.ModuleList(OutputAdapter(hidden, rank, i) for i in range(size)) if hidden else None
         for p in self.parameters():
             p.requires_grad_(True)
+
+    def expert_parameters(self, e: int) -> list[torch.nn.Parameter]:
+        params = list(self.experts[e].parameters())
+        return params + (list(self.adapters[e].parameters()) if self.adapters is not None else [])
+
+    def adapt(self, h: torch.Tensor, rows: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor,
+              gates: torch.Tensor) -> torch.Tensor:
+        """h + g/(1+g) sum_k p_k Adapter_k(h) on `rows` of h [B, S, H]."""
+        if self.adapters is None or len(rows) == 0:
+            return h
+        hs = h[rows]
+        delta = torch.zeros_like(hs)
+        for e in experts.unique().tolist():
+            hit = (experts == e)
+            sel = hit.any(1).nonzero().squeeze(1)
+            w = (weights * hit).sum(1)[sel]
+            delta = delta.index_add(0, sel, w[:, None, None] * self.adapters[e](hs[sel]))
+        g = gates[:, None, None].to(h.dtype)
+        out = h.clone()
+        out[rows] = hs + g / (1 + g) * delta
+        return out
 
     def __len__(self) -> int:
         return len(self.experts)

@@ -126,13 +126,19 @@ def apply_request(core, request: DeletionRequest) -> None:
         router_opt.zero_grad()
         loss.backward()
         router_opt.step()
-    experts = row.detach().topk(cfg.top_k).indices.tolist()
+    # The pick is fixed from here on, with a clear margin so that small mixtures of
+    # relevance over requests at inference still route to the same refusers.
+    row = row.detach().clone()
+    experts = row.topk(cfg.top_k).indices.tolist()
+    row[experts] = row[experts] - row[experts].min() + row.max() + 2.0
 
     core._pending_key = fi.mean(0)
     # 5. train the picked refusers.
-    for i, e in enumerate(core.pool.experts):
-        e.requires_grad_(i in experts)
-    params = [p for e in experts for p in core.pool.experts[e].parameters()]
+    for p in core.pool.parameters():
+        p.requires_grad_(False)
+    params = [p for e in experts for p in core.pool.expert_parameters(e)]
+    for p in params:
+        p.requires_grad_(True)
     # Shared refusers keep their outputs on earlier requests' prototypes.
     protect = []
     with torch.no_grad():
@@ -141,12 +147,15 @@ def apply_request(core, request: DeletionRequest) -> None:
                 if load_j[e] > 0:
                     protect.append((e, float(load_j[e]), core.proto_features[j],
                                     core.pool.experts[e](core.proto_features[j]).clone()))
+    # ... and their output adapters stay near their old weights (no hidden states are kept).
+    anchors = {e: [p.detach().clone() for p in core.pool.expert_parameters(e)[len(list(core.pool.experts[e].parameters())):]]
+               for e, *_ in protect}
     # Retain pairs the (new) gate lets through are trained to keep their answers.
     with torch.no_grad():
         rel_r = core.relevance(rx, ri) if retain else torch.zeros(0, t + 1)
         g_r = core.gates(rel_r) if retain else torch.zeros(0)
     flagged = (g_r > 0).nonzero().squeeze(1).tolist()
-    optimiser = torch.optim.AdamW(params + [row], lr=cfg.lr, weight_decay=0.0)
+    optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     refusal = request.refusals[0]
     old_rows = torch.stack(core.rows) if core.rows else torch.zeros(0, cfg.pool_size)
     core.backbone.model.eval()  # no dropout: the frozen parts behave as at inference
@@ -167,17 +176,17 @@ def apply_request(core, request: DeletionRequest) -> None:
             rex, rw = route(w @ torch.cat([old_rows, row[None]]), cfg.top_k)
             with core.steer(mode="train", rows=torch.arange(len(ridx)), experts=rex, weights=rw, gates=g_r[sel]):
                 loss = loss + cfg.retain_weight * core.backbone.model(**rb).loss
-        rec, load = routing_losses(row, loads, similarity, cfg.similar_threshold)
-        loss = loss + 0.1 * (cfg.recommend_weight * rec + cfg.load_weight * load)
         for e, weight, x, target in protect:
             loss = loss + cfg.protect_weight * weight * F.mse_loss(core.pool.experts[e](x), target) * 10
+        for e, old in anchors.items():
+            new = core.pool.expert_parameters(e)[-len(old):] if old else []
+            loss = loss + cfg.protect_weight * sum(((a - b) ** 2).sum() for a, b in zip(new, old))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params + [row], 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimiser.step()
-    for e in core.pool.experts:
-        e.requires_grad_(False)
-    row = row.detach()
+    for p in core.pool.parameters():
+        p.requires_grad_(False)
     ex, wts = route(row[None], cfg.top_k)
 
     # 6. what this request leaves behind.

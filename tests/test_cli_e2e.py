@@ -1,0 +1,42 @@
+"""The documented commands, end to end, on a shortened sequence (as a new user runs them)."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from vlforget.cli import app
+
+
+def test_demo_run_inspect_chat(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--out", str(out), "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    assert "CRR" in result.output and "OverRef" in result.output and "report:" in result.output
+    assert (out / "report.html").exists() and (out / "summary.md").exists()
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["steps"]) == 2
+
+    result = runner.invoke(app, ["inspect", str(out)])
+    assert result.exit_code == 0, result.output
+    assert results["requests"][0]["name"] in result.output
+
+    example = results["examples"][0]
+    image = out / example["image"]
+    base = runner.invoke(app, ["chat", "--image", str(image), example["instruction"]])
+    assert base.exit_code == 0 and "(base model)" in base.output
+    after = runner.invoke(app, ["chat", "--image", str(image), "--state", str(out), example["instruction"]])
+    assert after.exit_code == 0 and example["request"] in after.output
+    step0 = runner.invoke(app, ["chat", "--image", str(image), "--state", str(out), "--step", "0",
+                                example["instruction"]])
+    assert step0.exit_code == 0 and "requests applied: none" in step0.output
+
+
+def test_chat_rejects_a_corrupt_image(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    result = CliRunner().invoke(app, ["chat", "--image", str(bad), "what is at the top?"])
+    assert result.exit_code == 2
+    assert "could not decode image" in result.output and "Traceback" not in result.output

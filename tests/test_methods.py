@@ -9,6 +9,7 @@ seed give identical results.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from vlforget.data.benchmark import Benchmark, BenchmarkConfig
 from vlforget.methods import available_methods, make_method
@@ -95,6 +96,10 @@ def test_method_is_deterministic_under_a_seed(name, trained, requests):
     again, _ = _run(name, requests, seed=0)
     probe = _forget_probe(requests)
     assert _answers(again, probe) == _answers(method, probe)
+    # Identical answers can hide different weights; the learned state itself must match.
+    mine, theirs = method.state_tensors(), again.state_tensors()
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 def test_a_request_cannot_be_applied_twice(trained, requests):

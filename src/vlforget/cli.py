@@ -278,15 +278,21 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `v
     last = steps[-1] if steps else {}
     console.print(f"[bold]{results['method']}[/]  benchmark {results['benchmark_version']}  "
                   f"seed {results['seed']}  {len(steps)}/{len(results['requests'])} requests applied")
-    table = Table(title="Requests")
-    for column in ("step", "request", "description", "scope", "CRR now", "retain AR now", "s to apply"):
-        table.add_column(column)
+    from rich import box
+
+    table = Table(title="Requests", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    table.add_column("step", justify="right")
+    table.add_column("request", no_wrap=True)
+    table.add_column("scope (mode: visual / intents)")
+    for column in ("CRR now", "AR now", "s"):
+        table.add_column(column, justify="right", no_wrap=True)
     for i, request in enumerate(results["requests"]):
         per = last.get("per_request", {}).get(request["name"], {})
         applied = i < len(steps)
         scope = request["scope"]
-        table.add_row(str(i + 1) if applied else "-", request["name"], request["description"],
-                      f"{scope['mode']}: {scope.get('visual') or ''} {scope.get('intents') or ''}",
+        visual = ",".join(f"{k}={v}" for k, v in (scope.get("visual") or {}).items())
+        intents = ",".join(scope.get("intents") or [])
+        table.add_row(str(i + 1) if applied else "-", request["name"], f"{scope['mode']}: {visual} / {intents}",
                       f"{per['crr']:.1f}" if applied and per.get("crr") is not None else "",
                       f"{per['ar']:.1f}" if per.get("ar") is not None else "",
                       f"{steps[i]['unlearn_seconds']:.1f}" if applied else "")

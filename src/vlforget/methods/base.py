@@ -152,6 +152,8 @@ def method_class(name: str) -> type[Method]:
 def make_method(name: str, backbone, overrides: dict[str, Any] | None = None) -> Method:
     cls = method_class(name)
     config = build_config(cls.config_class, overrides, where=f"{name} config")
+    # Methods draw random initial weights (LoRA A matrices, refuser pools) when built: seed that too.
+    torch.manual_seed(config.seed)
     return cls(backbone, config)
 
 

@@ -8,6 +8,8 @@ from typer.testing import CliRunner
 
 from vlforget.cli import app
 
+from browser import chromium, open_in_chromium
+
 
 def test_demo_run_inspect_chat(tmp_path):
     runner = CliRunner()
@@ -18,10 +20,14 @@ def test_demo_run_inspect_chat(tmp_path):
     assert (out / "report.html").exists() and (out / "summary.md").exists()
     results = json.loads((out / "results.json").read_text())
     assert len(results["steps"]) == 2
+    if chromium():  # the report the README points to opens in a browser, plots and examples included
+        dom, errors = open_in_chromium(out / "report.html", tmp_path / "profile")
+        assert not errors and "alt=\"curves\"" in dom and dom.count("<img") >= 3
 
     result = runner.invoke(app, ["inspect", str(out)])
     assert result.exit_code == 0, result.output
     assert results["requests"][0]["name"] in result.output
+    assert "concepts (annotations): visual:" in result.output
 
     example = results["examples"][0]
     image = out / example["image"]

@@ -130,7 +130,7 @@ def test_concepts_from_every_source(trained, requests):
 
 
 @pytest.mark.xfail(reason="known gap: the concept-based task similarity puts red-count -> blue-count at about 0.42, "
-                          "below similar_threshold 0.5 (and size-questions scores higher); see docs/methods_core.md",
+                          "below similar_threshold 0.5 (and size-questions scores higher); see docs/methods.md (core)",
                    strict=False)
 def test_refusers_reused_for_related_and_new_for_novel(trained):
     star, red, blue = (set(i["refusers"]) for i in trained.info)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import pytest
 
 from vlforget.data.benchmark import Benchmark, BenchmarkConfig
@@ -13,9 +10,9 @@ from vlforget.evaluation.report import write_report
 from vlforget.evaluation.runner import ContinualRun
 from vlforget.models.backbone import Backbone
 
+from browser import chromium, open_in_chromium, screenshot
+
 SMALL = BenchmarkConfig(seed=2, n_forget_train=8, n_forget_test=6, n_retain_train=8, n_retain_test=6, n_utility=12)
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -37,21 +34,12 @@ def test_report_has_summary_plots_and_examples(report):
     assert summary.startswith("# ") and "| idknll |" in summary
 
 
-def _chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+@pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_report_loads_in_chromium_without_console_errors(report, tmp_path):
     path, _ = report
-    profile = tmp_path / "profile"
-    dom = subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr",
-                          "--v=0", "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert dom.stdout.count("<img") >= 3
-    console_errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line and "error" in line.lower()]
+    dom, console_errors = open_in_chromium(path, tmp_path / "profile")
+    assert dom.count("<img") >= 3
     assert not console_errors, console_errors
     shot = tmp_path / "shot.png"
-    subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1200,1600",
-                    f"--screenshot={shot}", path.as_uri()], capture_output=True, timeout=120, check=True)
+    screenshot(path, shot, tmp_path / "profile")
     assert shot.stat().st_size > 10_000

@@ -297,6 +297,11 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `v
                       f"{per['ar']:.1f}" if per.get("ar") is not None else "",
                       f"{steps[i]['unlearn_seconds']:.1f}" if applied else "")
     console.print(table)
+    for i, request in enumerate(results["requests"]):
+        concepts = request.get("concepts")
+        if concepts:
+            console.print(f"[bold]{request['name']}[/] concepts ({concepts.get('source', '?')}): "
+                          f"visual: {'; '.join(concepts['visual']) or '-'} | textual: {'; '.join(concepts['textual']) or '-'}")
     if results.get("summary"):
         console.print(summary_table({results["method"]: results}))
 

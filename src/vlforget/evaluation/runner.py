@@ -96,8 +96,8 @@ class ContinualRun:
             "seed": self.method.config.seed,
             "machine": machine_info(),
             "judge": self.judge.config() if hasattr(self.judge, "config") else type(self.judge).__name__,
-            "requests": [{"id": r.id, "name": r.name, "description": r.description, "scope": r.scope}
-                         for r in self.requests],
+            "requests": [{"id": r.id, "name": r.name, "description": r.description, "scope": r.scope,
+                          "concepts": _concept_summary(r)} for r in self.requests],
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "base": None,
             "steps": [],
@@ -216,3 +216,11 @@ class ContinualRun:
         self._record_examples_after(results)
         write_json_atomic(path, results)
         return results
+
+
+def _concept_summary(request, n: int = 3) -> dict | None:
+    """The first few visual and textual concept descriptions, for `vlforget inspect` and reports."""
+    if request.concepts is None:
+        return None
+    return {"visual": request.concepts.visual[:n], "textual": request.concepts.textual[:n],
+            "source": request.concepts.source}

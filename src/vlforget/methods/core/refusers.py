@@ -9,7 +9,7 @@ gate g, the image tokens the language model reads are
 so g = 0 gives P(x) exactly. Only rows (queries) with g > 0 are computed, and only
 through the refusers they are routed to.
 
-Deviation (docs/methods_core.md): each refuser also owns a low-rank *output adapter*
+Deviation (docs/methods.md (core)): each refuser also owns a low-rank *output adapter*
 on the hidden state the LM head reads, h + g/(1+g) * sum_k p_k B_k A_k h (B_k = 0 at
 init), applied to the same gated rows only. The built-in tiny LM never produced the
 refusal words, and a frozen LM steered through 9 image tokens alone plateaus far from

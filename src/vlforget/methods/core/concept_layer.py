@@ -41,7 +41,11 @@ def top_mean(scores: torch.Tensor) -> torch.Tensor:
 class ConceptBank:
     """Every request's concept layer, concatenated so all are scored in two matmuls."""
 
-    def __init__(self):
+    def __init__(self, project=None):
+        # Optional per-patch transform applied before the visual maps: with
+        # `visual_scores="scorer"` it is the scorer's own (normalised) image projection,
+        # and each request's visual map is its descriptions' scorer embeddings.
+        self.project = project
         self.names: list[str] = []
         self.wv: list[torch.Tensor] = []
         self.bv: list[torch.Tensor] = []
@@ -78,7 +82,8 @@ class ConceptBank:
     def raw(self, features: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
         """[B, T, 2] unscaled (visual, textual) scores of every request."""
         wv, bv, wt, bt, sv, st, _, _ = self._concat()
-        pv = features.float() @ wv + bv  # [B, P, sum n_v]
+        patches = self.project(features.float()) if self.project is not None else features.float()
+        pv = patches @ wv + bv  # [B, P, sum n_v]
         pt = instruction.float() @ wt + bt  # [B, sum n_t]
         out = []
         for r in range(len(self.names)):
@@ -101,6 +106,6 @@ class ConceptBank:
         return out
 
     def load(self, names: list[str], tensors: dict[str, torch.Tensor]) -> None:
-        self.__init__()
+        self.__init__(self.project)
         for i, name in enumerate(names):
             self.add(name, *(tensors[f"concept.{i}.{k}"] for k in ("wv", "bv", "wt", "bt", "levels")))

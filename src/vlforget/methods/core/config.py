@@ -29,16 +29,25 @@ class CoreConfig(MethodConfig):
     recommend_weight: float = option(1.0, "weight of the recommendation loss (reuse refusers of similar requests)")
     load_weight: float = option(1.0, "weight of the load loss (avoid refusers of dissimilar requests)")
     protect_weight: float = option(1.0, "weight of keeping shared refusers' outputs on earlier requests' prototypes")
+    freeze_shared: bool = option(True, "a refuser reused from a related earlier request is not trained again "
+                                       "(off: it is trained with output protection, as in the paper)")
     similar_threshold: float = option(0.5, "task similarity from which an earlier request counts as related")
     router_steps: int = option(100, "steps fitting the request's router row to the routing losses before training")
     # -- concepts ----------------------------------------------------------------------
     concept_source: str = option("request", "where concept descriptions come from: request | annotations | model")
     max_descriptions: int = option(48, "descriptions kept per side (visual/textual) per request")
+    textual_exemplars: bool = option(True, "also score instructions against the forget instructions themselves "
+                                           "(the textual concept as the request shows it), not only the descriptions")
+    visual_scores: str = option("scorer", "visual concept scores at inference: scorer = the aligned scorer's "
+                                          "image projection itself; distilled = a per-request ridge map (the paper)")
+    text_buckets: int = option(1024, "hash buckets of the instruction's bag of token unigrams and bigrams")
     ridge: float = option(1.0, "ridge penalty of the concept layer's least-squares fit")
     prototypes: int = option(8, "prototypes (k-means centroids of features) kept per request")
     # -- modulator ---------------------------------------------------------------------
     use_modulator: bool = option(True, "learn how a request's visual and textual scores combine (AND/OR/...); "
                                        "off = a fixed average of the two")
+    negative_weight: float = option(5.0, "weight of the modulator's negatives relative to its positives; above 1 "
+                                          "trades forget recall for fewer false gates, which add up over requests")
     modulator_steps: int = option(300, "full-batch steps of a request's modulator head")
     # -- routing / calibration ---------------------------------------------------------
     concept_routing: bool = option(True, "route on the modulator's concept relevances; off = on instruction "
@@ -58,6 +67,8 @@ class CoreConfig(MethodConfig):
             raise ValueError("steps >= 0, batch_size >= 1 and lr > 0 are required")
         if self.concept_source not in CONCEPT_SOURCES:
             raise ValueError(f"unknown concept_source {self.concept_source!r}; valid: {', '.join(CONCEPT_SOURCES)}")
+        if self.visual_scores not in ("scorer", "distilled"):
+            raise ValueError(f"unknown visual_scores {self.visual_scores!r}; valid: scorer, distilled")
         if self.gate_mode not in GATE_MODES:
             raise ValueError(f"unknown gate_mode {self.gate_mode!r}; valid: {', '.join(GATE_MODES)}")
         if not 0.0 <= self.threshold <= 1.0:

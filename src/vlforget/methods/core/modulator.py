@@ -33,7 +33,7 @@ def head_logits(params: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 def fit_head(z: torch.Tensor, labels: torch.Tensor, steps: int = 300, seed: int = 0,
-             weights: torch.Tensor | None = None) -> torch.Tensor:
+             weights: torch.Tensor | None = None, negative_weight: float = 1.0) -> torch.Tensor:
     """Fit one head on z [N, 2] (scaled scores) with binary labels; returns params [5]."""
     gen = torch.Generator().manual_seed(seed)
     params = (torch.randn(N_PARAMS, generator=gen) * 0.1).requires_grad_(True)
@@ -44,7 +44,7 @@ def fit_head(z: torch.Tensor, labels: torch.Tensor, steps: int = 300, seed: int 
     neg = (1 - labels).sum().clamp(min=1)
     # Balance classes, and a small L2 keeping the logits from growing without end on
     # separable data (so relevances stay meaningful probabilities).
-    w = weights * torch.where(labels > 0, 0.5 / pos, 0.5 / neg)
+    w = weights * torch.where(labels > 0, 0.5 / pos, 0.5 * negative_weight / neg)
     optimiser = torch.optim.Adam([params], lr=0.05)
     for _ in range(steps):
         logits = head_logits(params[None], z[:, None, :])[:, 0]

@@ -48,3 +48,24 @@ def routing_losses(row: torch.Tensor, loads: torch.Tensor, similarity: torch.Ten
     penalty = ((1 - similarity)[~related, None] * loads[~related]).sum(0)
     load = (logp.exp() * penalty).sum() * len(row)
     return recommend, load
+
+
+def pick_refusers(row: torch.Tensor, loads: torch.Tensor, related: bool, k: int) -> list[int]:
+    """The request's k refusers: reuse the row's best one if an earlier request is
+    related, and take the least-used refusers for the rest.
+
+    Sharing every refuser with a related request makes the two refusals collide (the
+    later request retrains the shared refusers to name its own context); one shared
+    refuser carries what related requests have in common, the request's own refuser
+    what tells them apart (under-used refusers take the novel concepts).
+    """
+    used = loads.sum(0) if len(loads) else torch.zeros_like(row)
+    picked = row.topk(1).indices.tolist() if related and k > 1 else []
+    # Least used first; among equally used refusers, the row's preference.
+    order = sorted(range(len(row)), key=lambda e: (round(float(used[e]), 6), -float(row[e])))
+    for e in order:
+        if len(picked) == k:
+            break
+        if e not in picked:
+            picked.append(e)
+    return picked

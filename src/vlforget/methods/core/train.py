@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from vlforget.methods.core import modulator as mod
 from vlforget.methods.core.concept_layer import ridge_fit
 from vlforget.methods.core.concepts import Decomposer
-from vlforget.methods.core.router import load_vector, route, routing_losses
+from vlforget.methods.core.router import load_vector, pick_refusers, route, routing_losses
 from vlforget.methods.core.scorer import encode_texts, load_scorer, vision_features
 from vlforget.types import DeletionRequest
 
@@ -41,15 +41,24 @@ def relative_ridge(x: torch.Tensor, y: torch.Tensor, strength: float):
     return ridge_fit(x, y, penalty)
 
 
-def fit_concept_layer(core, request, concepts, fx, fi, instructions):
-    """Ridge maps for this request; returns (wv, bv, wt, bt)."""
+def fit_concept_layer(core, request, concepts, fx, fi, instructions, exemplars):
+    """Maps for this request; returns (wv, bv, wt, bt)."""
     scorer = load_scorer(core.backbone)
     with torch.no_grad():
         vis = encode_texts(concepts.visual)
-        target_v = scorer.patch_similarity(fx, vis)  # [N, P, n_v]
-        wv, bv = relative_ridge(fx.reshape(-1, fx.shape[-1]), target_v.reshape(-1, target_v.shape[-1]),
-                                core.config.ridge)
-        target_t = encode_texts(instructions) @ encode_texts(concepts.textual).T  # [N, n_t]
+        if core.config.visual_scores == "scorer":
+            # The scorer's image side is one linear map of features the connector reads
+            # anyway, so it runs at inference for free: the request only adds its
+            # descriptions' embeddings (exact teacher scores, no distillation error).
+            core.bank.project = scorer.patches
+            wv = scorer.texts(vis).T.contiguous()
+            bv = torch.zeros(wv.shape[1])
+        else:
+            target_v = scorer.patch_similarity(fx, vis)  # [N, P, n_v]
+            wv, bv = relative_ridge(fx.reshape(-1, fx.shape[-1]), target_v.reshape(-1, target_v.shape[-1]),
+                                    core.config.ridge)
+        anchors = concepts.textual + (exemplars if core.config.textual_exemplars else [])
+        target_t = encode_texts(instructions) @ encode_texts(anchors).T  # [N, n_t]
         wt, bt = relative_ridge(fi, target_t, core.config.ridge)
     return wv, bv, wt, bt
 
@@ -83,14 +92,14 @@ def apply_request(core, request: DeletionRequest) -> None:
     concepts = Decomposer(core.backbone, cfg.max_descriptions)(request, cfg.concept_source)
     forget, retain = request.forget_train, request.retain_train
     fx = vision_features(core.backbone, [s.image for s in forget])
-    fi = core.instruction_embeddings([s.instruction for s in forget])
+    fi = core.instruction_features([s.instruction for s in forget])
     rx = vision_features(core.backbone, [s.image for s in retain]) if retain else fx[:0]
-    ri = core.instruction_embeddings([s.instruction for s in retain]) if retain else fi[:0]
+    ri = core.instruction_features([s.instruction for s in retain]) if retain else fi[:0]
 
     # 1-2. concept layer, fit on this request's own pairs.
     instructions = [s.instruction for s in forget + retain]
     wv, bv, wt, bt = fit_concept_layer(core, request, concepts, torch.cat([fx, rx]), torch.cat([fi, ri]),
-                                       instructions)
+                                       instructions, list(dict.fromkeys(s.instruction for s in forget)))
     core.bank.add(request.name, wv, bv, wt, bt)
     with torch.no_grad():
         raw_f = core.bank.raw(fx, fi)[:, t]
@@ -107,7 +116,8 @@ def apply_request(core, request: DeletionRequest) -> None:
     zp = torch.cat(protos) if protos else zf_all[:0, t]
     z = torch.cat([zf_all[:, t], zr, zp])
     labels = torch.cat([torch.ones(len(fx)), torch.zeros(len(zr) + len(zp))])
-    head = mod.fit_head(z, labels, cfg.modulator_steps, seed) if cfg.use_modulator else mod.fixed_head()
+    head = mod.fit_head(z, labels, cfg.modulator_steps, seed, negative_weight=cfg.negative_weight) \
+        if cfg.use_modulator else mod.fixed_head()
     core.heads.append(head)
     with torch.no_grad():
         p_train = torch.sigmoid(mod.head_logits(head[None], z[:, None, :])[:, 0])
@@ -129,21 +139,29 @@ def apply_request(core, request: DeletionRequest) -> None:
     # The pick is fixed from here on, with a clear margin so that small mixtures of
     # relevance over requests at inference still route to the same refusers.
     row = row.detach().clone()
-    experts = row.topk(cfg.top_k).indices.tolist()
-    row[experts] = row[experts] - row[experts].min() + row.max() + 2.0
+    related = bool((similarity >= cfg.similar_threshold).any())
+    experts = pick_refusers(row, loads, related, cfg.top_k)
+    top = float(row.max())
+    row[experts] = top + 2.0
+    if related:  # the request's own refusers outweigh the one it shares (mix ~0.73 / 0.27 for k = 2)
+        row[experts[1:]] = top + 3.0
 
     core._pending_key = fi.mean(0)
     # 5. train the picked refusers.
     for p in core.pool.parameters():
         p.requires_grad_(False)
-    params = [p for e in experts for p in core.pool.expert_parameters(e)]
+    # A refuser reused from a related request is read-only here: the new request
+    # builds on what it learned but cannot rewrite the earlier request's refusal.
+    trained = experts[1:] if related and cfg.freeze_shared else experts
+    params = [p for e in trained for p in core.pool.expert_parameters(e)]
     for p in params:
         p.requires_grad_(True)
-    # Shared refusers keep their outputs on earlier requests' prototypes.
+    # Trained refusers that earlier requests also use (a full pool hands out used ones
+    # again) keep their outputs on those requests' prototypes.
     protect = []
     with torch.no_grad():
         for j, load_j in enumerate(core.loads):
-            for e in experts:
+            for e in trained:
                 if load_j[e] > 0:
                     protect.append((e, float(load_j[e]), core.proto_features[j],
                                     core.pool.experts[e](core.proto_features[j]).clone()))

@@ -87,3 +87,28 @@ def test_cli_methods_lists_every_baseline():
     assert result.exit_code == 0
     for name in ("idknll", "ga", "graddiff", "kl", "npo", "ewc", "lwf"):
         assert name in result.output
+
+
+@pytest.mark.parametrize("argv, config, message", [
+    (["compare", "--methods", "idknll,ga"], {"idknl": {}}, "did you mean 'idknll'"),
+    (["compare", "--methods", "idknll,ga"], {"ga": {"step": 3}}, "did you mean 'steps'"),
+    (["demo"], {"stepz": 3}, "did you mean 'steps'"),
+    (["base-eval"], {"n_general_tst": 5}, "did you mean 'n_general_test'"),
+    (["pretrain"], {"vision_step": 5}, "did you mean 'vision_steps'"),
+])
+def test_every_command_takes_a_config_and_names_the_nearest_key(tmp_path, argv, config, message):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    out = [] if argv[0] == "base-eval" else ["--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*argv, *out, "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out" / "results.json").exists()  # nothing ran, nothing was written
+
+
+def test_base_eval_config_sets_the_benchmark(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("n_general_test: 12\n")
+    result = CliRunner().invoke(app, ["base-eval", "--json", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["n"] == 12

@@ -6,6 +6,7 @@ line and exit with code 2, never a traceback.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import sys
@@ -14,6 +15,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -32,7 +34,7 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except (ValueError, FileNotFoundError, KeyError) as error:
             message = error.args[0] if error.args else str(error)
-            err.print(f"[bold red]error:[/] {message}")
+            err.print(f"[bold red]error:[/] {escape(str(message))}", soft_wrap=True, highlight=False)
             raise typer.Exit(2)
     return wrapper
 
@@ -93,13 +95,13 @@ def _finish(runs: dict[str, dict], dirs: dict[str, Path], out: Path, title: str 
 
 def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path], tasks: Optional[Path],
             seed: int, paraphrases: Optional[Path], limit: Optional[int], judge_name: str,
-            dataset: Optional[str] = None, data: Optional[Path] = None) -> dict:
+            dataset: Optional[str] = None, data: Optional[Path] = None, overrides: Optional[dict] = None) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vlforget.evaluation.judge import make_judge
     from vlforget.evaluation.runner import ContinualRun
 
-    overrides = {"seed": seed, **_overrides(config)}
+    overrides = {"seed": seed, **(overrides or {}), **_overrides(config)}
     run = ContinualRun(method, _benchmark(seed, tasks, paraphrases, dataset, data), out, _backbone_loader(model),
                        overrides, make_judge(judge_name), limit)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -161,14 +163,23 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
             tasks: Optional[Path] = typer.Option(None, help="JSON/YAML request sequence"),
             seed: int = typer.Option(0, help="seed"),
             limit: Optional[int] = typer.Option(None, help="only the first N requests"),
-            judge: str = typer.Option("minilm", help="refusal judge: minilm or lexical")):
+            judge: str = typer.Option("minilm", help="refusal judge: minilm or lexical"),
+            config: Optional[Path] = typer.Option(None, help="JSON/YAML file: method name -> its config overrides")):
     """Run several methods on the same sequence and print one side-by-side table."""
+    from vlforget.configs import build_config, read_mapping
     from vlforget.methods import method_class
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
+    per_method = read_mapping(config) if config else {}
+    for key in per_method:
+        if key not in names:
+            near = difflib.get_close_matches(key, names, n=1)
+            raise ValueError(f"{config}: {key!r} is not one of --methods" + (f"; did you mean {near[0]!r}?" if near else ""))
     for name in names:
-        method_class(name)  # fail fast on a typo, before hours of running
-    runs = {name: run_one(name, out / name, model, None, tasks, seed, None, limit, judge) for name in names}
+        cls = method_class(name)  # fail fast on a typo, before hours of running
+        build_config(cls.config_class, per_method.get(name), where=f"{config} ({name})")
+    runs = {name: run_one(name, out / name, model, None, tasks, seed, None, limit, judge, overrides=per_method.get(name))
+            for name in names}
     _finish(runs, {name: out / name for name in names}, out, "Comparison")
     from vlforget.evaluation.report import markdown_summary
 
@@ -180,9 +191,10 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
 @user_errors
 def demo(out: Path = typer.Option(Path("runs/demo"), help="output folder"),
          method: str = typer.Option(DEFAULT_METHOD, help="method to run"),
-         limit: Optional[int] = typer.Option(None, help="only the first N requests")):
+         limit: Optional[int] = typer.Option(None, help="only the first N requests"),
+         config: Optional[Path] = typer.Option(None, help="JSON/YAML file of method config overrides")):
     """The main job: the built-in 16-request benchmark on the built-in model."""
-    results = run_one(method, out, None, None, None, 0, None, limit, "minilm")
+    results = run_one(method, out, None, config, None, 0, None, limit, "minilm")
     _finish({method: results}, {method: out}, out)
 
 
@@ -190,12 +202,17 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output folder"),
 @user_errors
 def base_eval(model: Optional[str] = typer.Option(None, help="backbone checkpoint folder"),
               as_json: bool = typer.Option(False, "--json", help="print JSON"),
-              seed: int = typer.Option(0, help="benchmark seed")):
+              seed: int = typer.Option(0, help="benchmark seed"),
+              config: Optional[Path] = typer.Option(None, help="JSON/YAML file of benchmark config fields "
+                                                    "(e.g. n_general_test)")):
     """Per-intent exact match and refusal rates of a model on the held-out general split."""
+    from vlforget.configs import build_config
+    from vlforget.data.benchmark import Benchmark, BenchmarkConfig
     from vlforget.models.backbone import Backbone
     from vlforget.models.evaluate import base_eval as evaluate
 
-    report = evaluate(Backbone.load(model), _benchmark(seed, None, None).general_test())
+    bench = Benchmark(build_config(BenchmarkConfig, {"seed": seed, **_overrides(config)}, where=f"{config}"))
+    report = evaluate(Backbone.load(model), bench.general_test())
     if as_json:
         print(json.dumps(report, indent=1))
         return
@@ -223,7 +240,8 @@ def _load_image(path: Path):
         raise ValueError(f"could not decode image {path}: {error}") from error
 
 
-def load_run_state(run_dir: Path, step: Optional[int] = None, model: Optional[str] = None):
+def load_run_state(run_dir: Path, step: Optional[int] = None, model: Optional[str] = None,
+                   overrides: Optional[dict] = None):
     """The method of a run, with its state after `step` (default: the last one)."""
     from vlforget.evaluation.runner import RESULTS_FILE, state_dir
     from vlforget.methods import make_method
@@ -237,7 +255,7 @@ def load_run_state(run_dir: Path, step: Optional[int] = None, model: Optional[st
     step = done if step is None else step
     if not 0 <= step <= done:
         raise ValueError(f"step {step} is not available in {run_dir}; it has steps 0..{done}")
-    method = make_method(results["method"], Backbone.load(model), results["config"])
+    method = make_method(results["method"], Backbone.load(model), {**results["config"], **(overrides or {})})
     if step:
         method.load(state_dir(run_dir, step))
     return method, results
@@ -249,16 +267,20 @@ def chat(instruction: str = typer.Argument(..., help="the instruction, e.g. 'wha
          image: Path = typer.Option(..., help="image file (any size; resized to the model's input)"),
          state: Optional[Path] = typer.Option(None, help="a run folder: answer with its unlearned state"),
          step: Optional[int] = typer.Option(None, help="with --state: the state after this step (0 = base)"),
-         model: Optional[str] = typer.Option(None, help="backbone checkpoint folder")):
+         model: Optional[str] = typer.Option(None, help="backbone checkpoint folder"),
+         config: Optional[Path] = typer.Option(None, help="with --state: JSON/YAML method config overrides "
+                                               "(e.g. CORE's threshold)")):
     """Answer one instruction about one image, with the base model or a run's state."""
     picture = _load_image(image)
+    if config is not None and state is None:
+        raise ValueError("--config needs --state (it overrides the run's method config)")
     if state is None:
         from vlforget.models.backbone import Backbone
 
         answer = Backbone.load(model).generate([picture], [instruction])[0]
         console.print(f"[dim](base model)[/] {answer}")
         return
-    method, results = load_run_state(state, step, model)
+    method, results = load_run_state(state, step, model, _overrides(config))
     applied = ", ".join(method.applied) or "none"
     console.print(f"[dim]({results['method']}, requests applied: {applied})[/]")
     console.print(method.generate([picture], [instruction])[0])
@@ -309,11 +331,22 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `v
 @app.command()
 @user_errors
 def pretrain(out: Path = typer.Option(..., help="folder to write the model into"),
-             seed: int = typer.Option(0, help="seed")):
+             seed: int = typer.Option(0, help="seed"),
+             config: Optional[Path] = typer.Option(None, help="JSON/YAML file of pretraining settings "
+                                                   "(vision_steps, language_steps, batch_size, lr, n_train, ...)")):
     """Reproduce the built-in model from the benchmark's general data."""
+    import inspect as signature
+
     from vlforget.models.tiny import pretrain as train
 
-    train(out, seed=seed)
+    settings = _overrides(config)
+    valid = [p for p in signature.signature(train).parameters if p not in ("out_dir", "seed", "log", "config_kwargs")]
+    for key in settings:
+        if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=1)
+            raise ValueError(f"unknown key {key!r} in {config}" + (f"; did you mean {near[0]!r}?" if near else
+                                                                    f"; valid keys: {', '.join(valid)}"))
+    train(out, seed=seed, **settings)
 
 
 def main() -> None:  # pragma: no cover

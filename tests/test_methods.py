@@ -21,6 +21,7 @@ from vlforget.models.evaluate import looks_like_refusal
 FAST = {
     "idknll": {"steps": 30}, "ga": {"steps": 15}, "graddiff": {"steps": 15}, "kl": {"steps": 15},
     "npo": {"steps": 20}, "ewc": {"steps": 30}, "lwf": {"steps": 30},
+    "core": {"steps": 60, "lr": 0.03},
 }
 ASCENT = {"ga", "graddiff", "kl", "npo"}  # these push old answers away instead of teaching refusals
 METHODS = sorted(available_methods())

@@ -73,7 +73,7 @@ def summary_table(runs: dict[str, dict], title: str = "Summary (percent)") -> Ta
     from vlforget.evaluation.report import LABELS, SUMMARY_KEYS, summary_rows
 
     table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
-                  caption="each cell: mean over steps / after the last request")
+                  caption="each cell: mean over steps / after the last request; s/req: median seconds per request")
     table.add_column("method", no_wrap=True)
     for key in SUMMARY_KEYS:
         table.add_column(LABELS[key] if key != "overrefusal" else "OverRef", justify="right", no_wrap=True)

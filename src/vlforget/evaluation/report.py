@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -87,12 +88,13 @@ def summary_rows(runs: dict[str, dict]) -> list[list[str]]:
         summary = results.get("summary") or {}
         cells = [f"{summary.get(f'{k}_{w}', float('nan')):.1f}" for k in SUMMARY_KEYS for w in ("avg", "last")]
         seconds = summary.get("unlearn_seconds") or []
-        cells.append(f"{sum(seconds) / max(len(seconds), 1):.1f}")
+        # Median: one request slowed by a noisy neighbour should not move the column.
+        cells.append(f"{statistics.median(seconds):.1f}" if seconds else "nan")
         rows.append([name] + cells)
     return rows
 
 
-SUMMARY_HEADER = ["method"] + [f"{LABELS[k]} {w}" for k in SUMMARY_KEYS for w in ("Avg", "Last")] + ["s/request"]
+SUMMARY_HEADER = ["method"] + [f"{LABELS[k]} {w}" for k in SUMMARY_KEYS for w in ("Avg", "Last")] + ["s/request (median)"]
 
 
 def markdown_summary(runs: dict[str, dict]) -> str:

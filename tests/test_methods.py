@@ -22,8 +22,11 @@ FAST = {
     "idknll": {"steps": 30}, "ga": {"steps": 15}, "graddiff": {"steps": 15}, "kl": {"steps": 15},
     "npo": {"steps": 20}, "ewc": {"steps": 30}, "lwf": {"steps": 30},
     "core": {"steps": 60, "lr": 0.03},
+    "gmm": {"steps": 30}, "eproj": {"steps": 30}, "moe_adapters": {"steps": 30}, "o3": {"steps": 30},
+    "cvf_nullspace": {"steps": 60}, "mmunlearner": {"steps": 15, "fisher_batches": 2},
+    "smfa": {"steps": 15, "lr": 0.003}, "siu": {"steps": 15, "lr": 0.003}, "scrub": {"steps": 20, "max_phase": 8, "lr": 0.003},
 }
-ASCENT = {"ga", "graddiff", "kl", "npo"}  # these push old answers away instead of teaching refusals
+ASCENT = {"ga", "graddiff", "kl", "npo", "cvf_nullspace", "mmunlearner"}  # these push old answers away instead of teaching refusals
 METHODS = sorted(available_methods())
 
 

@@ -25,8 +25,10 @@ FAST = {
     "gmm": {"steps": 30}, "eproj": {"steps": 30}, "moe_adapters": {"steps": 30}, "o3": {"steps": 30},
     "cvf_nullspace": {"steps": 60}, "mmunlearner": {"steps": 15, "fisher_batches": 2},
     "smfa": {"steps": 15, "lr": 0.003}, "siu": {"steps": 15, "lr": 0.003}, "scrub": {"steps": 20, "max_phase": 8, "lr": 0.003},
+    "mllmeraser": {"refusal_pool": 800}, "sauce": {"sae_steps": 600, "sae_pairs": 600},
+    "eco": {"classifier_negatives": 200, "search_steps": 5},
 }
-ASCENT = {"ga", "graddiff", "kl", "npo", "cvf_nullspace", "mmunlearner"}  # these push old answers away instead of teaching refusals
+ASCENT = {"ga", "graddiff", "kl", "npo", "cvf_nullspace", "mmunlearner", "sauce", "eco"}  # these push old answers away instead of teaching refusals
 METHODS = sorted(available_methods())
 
 

@@ -29,8 +29,8 @@ class CoreConfig(MethodConfig):
     recommend_weight: float = option(1.0, "weight of the recommendation loss (reuse refusers of similar requests)")
     load_weight: float = option(1.0, "weight of the load loss (avoid refusers of dissimilar requests)")
     protect_weight: float = option(1.0, "weight of keeping shared refusers' outputs on earlier requests' prototypes")
-    freeze_shared: bool = option(True, "a refuser reused from a related earlier request is not trained again "
-                                       "(off: it is trained with output protection, as in the paper)")
+    freeze_shared: bool = option(True, "a refuser shared with earlier requests is read, not trained again "
+                                       "(off: it is trained with output protection, closer to the paper)")
     similar_threshold: float = option(0.5, "task similarity from which an earlier request counts as related")
     router_steps: int = option(100, "steps fitting the request's router row to the routing losses before training")
     # -- concepts ----------------------------------------------------------------------

@@ -50,22 +50,23 @@ def routing_losses(row: torch.Tensor, loads: torch.Tensor, similarity: torch.Ten
     return recommend, load
 
 
-def pick_refusers(row: torch.Tensor, loads: torch.Tensor, related: bool, k: int) -> list[int]:
-    """The request's k refusers: reuse the row's best one if an earlier request is
-    related, and take the least-used refusers for the rest.
+def pick_refusers(row: torch.Tensor, loads: torch.Tensor, k: int) -> tuple[list[int], list[int]]:
+    """(shared, own) refusers of a new request, k in all.
 
-    Sharing every refuser with a related request makes the two refusals collide (the
-    later request retrains the shared refusers to name its own context); one shared
-    refuser carries what related requests have in common, the request's own refuser
-    what tells them apart (under-used refusers take the novel concepts).
+    Own: the least-used refusers (unused ones while the pool lasts); the request trains
+    only these. Shared: once earlier requests exist, the k - 1 refusers the fitted row
+    prefers among those already in use (the recommendation loss pulls it to related
+    requests' refusers, the load loss away from dissimilar ones); they are read, not
+    retrained. Sharing every refuser made two requests' refusals collide (the later one
+    rewrote them to name its own context), and giving each unrelated request k fresh
+    refusers used up a pool of 20 by the 11th request; one own refuser per request
+    keeps 16 requests inside 17 refusers.
     """
     used = loads.sum(0) if len(loads) else torch.zeros_like(row)
-    picked = row.topk(1).indices.tolist() if related and k > 1 else []
+    in_use = (used > 0).nonzero().squeeze(1).tolist()
+    n_shared = min(k - 1, len(in_use))
+    shared = sorted(in_use, key=lambda e: -float(row[e]))[:n_shared]
     # Least used first; among equally used refusers, the row's preference.
-    order = sorted(range(len(row)), key=lambda e: (round(float(used[e]), 6), -float(row[e])))
-    for e in order:
-        if len(picked) == k:
-            break
-        if e not in picked:
-            picked.append(e)
-    return picked
+    order = sorted((e for e in range(len(row)) if e not in shared),
+                   key=lambda e: (round(float(used[e]), 6), -float(row[e])))
+    return shared, order[:k - n_shared]

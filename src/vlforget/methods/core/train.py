@@ -139,20 +139,19 @@ def apply_request(core, request: DeletionRequest) -> None:
     # The pick is fixed from here on, with a clear margin so that small mixtures of
     # relevance over requests at inference still route to the same refusers.
     row = row.detach().clone()
-    related = bool((similarity >= cfg.similar_threshold).any())
-    experts = pick_refusers(row, loads, related, cfg.top_k)
+    shared, own = pick_refusers(row, loads, cfg.top_k)
+    experts = shared + own
     top = float(row.max())
-    row[experts] = top + 2.0
-    if related:  # the request's own refusers outweigh the one it shares (mix ~0.73 / 0.27 for k = 2)
-        row[experts[1:]] = top + 3.0
+    row[shared] = top + 2.0
+    row[own] = top + 3.0  # the request's own refusers outweigh the shared one (mix ~0.73 / 0.27 for k = 2)
 
     core._pending_key = fi.mean(0)
     # 5. train the picked refusers.
     for p in core.pool.parameters():
         p.requires_grad_(False)
-    # A refuser reused from a related request is read-only here: the new request
-    # builds on what it learned but cannot rewrite the earlier request's refusal.
-    trained = experts[1:] if related and cfg.freeze_shared else experts
+    # A shared refuser is read-only here: the new request builds on what an earlier
+    # request learned but cannot rewrite that request's refusal.
+    trained = own if cfg.freeze_shared else experts
     params = [p for e in trained for p in core.pool.expert_parameters(e)]
     for p in params:
         p.requires_grad_(True)
@@ -220,6 +219,7 @@ def apply_request(core, request: DeletionRequest) -> None:
     core.info.append({
         "name": request.name,
         "refusers": experts,
+        "shared": shared,
         "similarity": {core.concepts[j]["name"]: round(float(s), 3) for j, s in enumerate(similarity)},
         "modulator": mod.describe(head),
         "modulator_train_accuracy": round(modulator_acc, 4),

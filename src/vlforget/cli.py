@@ -23,7 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console()
 err = Console(stderr=True)
 
-DEFAULT_METHOD = "idknll"
+DEFAULT_METHOD = "core"
 
 
 def user_errors(fn):

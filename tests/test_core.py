@@ -109,6 +109,28 @@ def test_modulator_learns_and_versus_or():
     assert mod.describe(or_head)["or"] > mod.describe(or_head)["and"]
 
 
+def test_text_correction_learns_the_words_the_distilled_score_misses():
+    # Positives: visual and textual concept present, but the distilled textual score
+    # misses half of them (a paraphrase it generalises badly to); the word bag still
+    # carries the intent (bucket 0). The joint tuning must recover those positives.
+    gen = torch.Generator().manual_seed(0)
+    n = 200
+    labels = (torch.arange(n) % 2 == 0).float()
+    v = torch.where(labels > 0, 1.0, torch.rand(n, generator=gen).round())  # negatives: half show the concept
+    t = torch.where(labels > 0, (torch.arange(n) % 4 == 0).float(), torch.zeros(n))  # half the positives missed
+    bags = torch.zeros(n, 8)
+    bags[:, 0] = labels  # the intent's word
+    bags[:, 1 + torch.arange(n) % 7] += 1.0  # filler words, uninformative
+    z = torch.stack([v, t], -1)
+    head = mod.fit_head(z, labels, 300)
+    before = ((torch.sigmoid(mod.head_logits(head[None], z[:, None])[:, 0]) >= 0.5).float() == labels).float().mean()
+    head2, u = mod.tune_text(head, z, bags, labels, 300, l2=0.01)
+    z2 = torch.stack([v, t + bags @ u], -1)
+    after = ((torch.sigmoid(mod.head_logits(head2[None], z2[:, None])[:, 0]) >= 0.5).float() == labels).float().mean()
+    assert before <= 0.8 and after == 1.0
+    assert u[0] > 0.5 and u[1:].abs().max() < u[0] / 2  # the correction sits on the intent's word
+
+
 def test_config_errors_name_the_valid_options():
     with pytest.raises(ValueError, match="concept_source"):
         make_method("core", None, {"concept_source": "oracle"})

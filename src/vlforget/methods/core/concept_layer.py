@@ -52,6 +52,7 @@ class ConceptBank:
         self.wt: list[torch.Tensor] = []
         self.bt: list[torch.Tensor] = []
         self.levels: list[torch.Tensor] = []  # [2 (v, t), 2 (neg, pos)] per request
+        self.ut: list[torch.Tensor | None] = []  # per request: textual correction on the token bag (or None)
         self._cat = None
 
     def __len__(self) -> int:
@@ -64,6 +65,11 @@ class ConceptBank:
         self.wt.append(wt)
         self.bt.append(bt)
         self.levels.append(levels if levels is not None else torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+        self.ut.append(None)
+        self._cat = None
+
+    def set_text_correction(self, index: int, u: torch.Tensor) -> None:
+        self.ut[index] = u
         self._cat = None
 
     def set_levels(self, index: int, levels: torch.Tensor) -> None:
@@ -75,13 +81,15 @@ class ConceptBank:
             sv = torch.tensor([0] + [w.shape[1] for w in self.wv]).cumsum(0).tolist()
             st = torch.tensor([0] + [w.shape[1] for w in self.wt]).cumsum(0).tolist()
             lv = torch.stack(self.levels)  # [T, 2, 2]
+            dim = self.wt[0].shape[0]
+            ut = torch.stack([u if u is not None else torch.zeros(dim) for u in self.ut], 1)  # [D, T]
             self._cat = (torch.cat(self.wv, 1), torch.cat(self.bv), torch.cat(self.wt, 1), torch.cat(self.bt),
-                         sv, st, lv[:, :, 0], (lv[:, :, 1] - lv[:, :, 0]).clamp(min=1e-3))
+                         sv, st, lv[:, :, 0], (lv[:, :, 1] - lv[:, :, 0]).clamp(min=1e-3), ut)
         return self._cat
 
     def raw(self, features: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
         """[B, T, 2] unscaled (visual, textual) scores of every request."""
-        wv, bv, wt, bt, sv, st, _, _ = self._concat()
+        wv, bv, wt, bt, sv, st, _, _, _ = self._concat()
         patches = self.project(features.float()) if self.project is not None else features.float()
         pv = patches @ wv + bv  # [B, P, sum n_v]
         pt = instruction.float() @ wt + bt  # [B, sum n_t]
@@ -94,8 +102,11 @@ class ConceptBank:
 
     def scores(self, features: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
         """[B, T, 2] scores on each request's scale (0 = hard negative, 1 = forget pair)."""
-        _, _, _, _, _, _, neg, gap = self._concat()
-        return (self.raw(features, instruction) - neg) / gap
+        _, _, _, _, _, _, neg, gap, ut = self._concat()
+        z = (self.raw(features, instruction) - neg) / gap
+        if any(u is not None for u in self.ut):
+            z = torch.stack([z[..., 0], z[..., 1] + instruction.float() @ ut], -1)
+        return z
 
     # -- state ---------------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
@@ -103,9 +114,12 @@ class ConceptBank:
         for i in range(len(self.names)):
             for key in ("wv", "bv", "wt", "bt", "levels"):
                 out[f"concept.{i}.{key}"] = getattr(self, key)[i]
+            if self.ut[i] is not None:
+                out[f"concept.{i}.ut"] = self.ut[i]
         return out
 
     def load(self, names: list[str], tensors: dict[str, torch.Tensor]) -> None:
         self.__init__(self.project)
         for i, name in enumerate(names):
             self.add(name, *(tensors[f"concept.{i}.{k}"] for k in ("wv", "bv", "wt", "bt", "levels")))
+            self.ut[i] = tensors.get(f"concept.{i}.ut")

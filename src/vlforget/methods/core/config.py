@@ -46,9 +46,12 @@ class CoreConfig(MethodConfig):
     # -- modulator ---------------------------------------------------------------------
     use_modulator: bool = option(True, "learn how a request's visual and textual scores combine (AND/OR/...); "
                                        "off = a fixed average of the two")
-    negative_weight: float = option(5.0, "weight of the modulator's negatives relative to its positives; above 1 "
+    negative_weight: float = option(10.0, "weight of the modulator's negatives relative to its positives; above 1 "
                                           "trades forget recall for fewer false gates, which add up over requests")
     modulator_steps: int = option(300, "full-batch steps of a request's modulator head")
+    text_tuning_steps: int = option(300, "steps refining the head jointly with a linear correction of the textual "
+                                       "score on the instruction's token bag (0 = off)")
+    text_tuning_l2: float = option(0.05, "L2 penalty of that textual correction")
     # -- routing / calibration ---------------------------------------------------------
     concept_routing: bool = option(True, "route on the modulator's concept relevances; off = on instruction "
                                          "similarity to stored prototypes (MVP-style)")

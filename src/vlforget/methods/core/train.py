@@ -118,6 +118,12 @@ def apply_request(core, request: DeletionRequest) -> None:
     labels = torch.cat([torch.ones(len(fx)), torch.zeros(len(zr) + len(zp))])
     head = mod.fit_head(z, labels, cfg.modulator_steps, seed, negative_weight=cfg.negative_weight) \
         if cfg.use_modulator else mod.fixed_head()
+    if cfg.text_tuning_steps > 0 and cfg.use_modulator:
+        pi = torch.cat([q for q in core.proto_instructions]) if core.proto_instructions else fi[:0]
+        bags = torch.cat([fi, ri, pi])
+        head, u = mod.tune_text(head, z, bags, labels, cfg.text_tuning_steps, cfg.negative_weight, cfg.text_tuning_l2)
+        core.bank.set_text_correction(t, u)
+        z = torch.stack([z[:, 0], z[:, 1] + bags @ u], -1)
     core.heads.append(head)
     with torch.no_grad():
         p_train = torch.sigmoid(mod.head_logits(head[None], z[:, None, :])[:, 0])

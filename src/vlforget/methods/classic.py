@@ -16,6 +16,7 @@ from vlforget.methods.adapters import adapters_off
 from vlforget.methods.base import register
 from vlforget.methods.finetune import Batches, FinetuneConfig, FinetuneMethod
 from vlforget.methods.losses import answer_kl, answer_nll, npo_loss, sequence_logprob
+from vlforget.methods.training import shard
 
 
 @register
@@ -146,7 +147,7 @@ class LwF(IdkNLL):
         batches = Batches(request.retain_train or request.forget_train, self.config.batch_size, self.config.seed + 11)
         with torch.no_grad():
             for _ in range(4):
-                batch = self.batch(*batches.next())
+                batch = self.batch(*shard(*batches.next()))  # the slice this process trains on
                 logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
                 self.teacher.append((batch, logits))
         self.teacher_step = 0

@@ -183,3 +183,13 @@ def test_two_processes_give_the_one_process_metrics(method, tmp_path):
             assert abs(a[key] - b[key]) <= TOLERANCE, (method, a["step"], key, a[key], b[key])
     assert one["base"] == two["base"]  # evaluation is sharded by whole chunks: the same answers
     assert (tmp_path / "two" / "states" / "step-02").exists() and (tmp_path / "two" / "report.html").exists()
+
+
+def test_the_7b_example_configs_are_valid_overrides():
+    from vlforget.configs import build_config, read_mapping
+    from vlforget.methods import method_class
+
+    per_method = read_mapping(ROOT / "examples" / "llava-1.5-7b.yaml")
+    for name, fields in per_method.items():
+        build_config(method_class(name).config_class, fields, where=name)
+    assert read_mapping(ROOT / "examples" / "llava-1.5-7b-core.yaml") == per_method["core"]

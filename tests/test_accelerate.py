@@ -3,7 +3,8 @@
 Fast: in one process `train_steps` is the plain loop bit for bit, and a real
 two-process gloo launch leaves both processes with identical weights, equal (to float
 rounding) to the one-process result. Slow: the CLI on the built-in model, the first 2
-requests, `idknll` and `core`, one process vs two: CRR/AR/S per step within TOLERANCE.
+requests, `idknll` and `core`, one process vs two: CRR/AR/S per step within TOLERANCE;
+and every gradient-trained method, run with two processes, ends with the same state on both.
 
 Why `accelerate launch --multi_gpu` on a CPU machine: with accelerate 1.15,
 `accelerate launch --cpu --num_processes 2` starts ONE process unless an MPI hostfile
@@ -147,7 +148,6 @@ def test_two_processes_end_with_identical_weights(tmp_path):
     rank0, rank1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2))
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # gradients averaged before every step
 
-    sys.path.insert(0, str(ROOT / "tests"))
     from accelerate_worker import train
 
     single = train().state_dict()  # one process, whole batches; MSE is a per-sample mean, so equal up to rounding
@@ -193,3 +193,14 @@ def test_the_7b_example_configs_are_valid_overrides():
     for name, fields in per_method.items():
         build_config(method_class(name).config_class, fields, where=name)
     assert read_mapping(ROOT / "examples" / "llava-1.5-7b-core.yaml") == per_method["core"]
+
+
+@pytest.mark.slow
+def test_every_trained_method_keeps_identical_weights_on_both_processes(tmp_path):
+    from accelerate_methods_worker import SHORT
+
+    names = sorted(SHORT)
+    launch(str(ROOT / "tests" / "accelerate_methods_worker.py"), str(tmp_path), ",".join(names))
+    for name in names:
+        rank0, rank1 = (load_file(str(tmp_path / f"{name}-p2-rank{r}.safetensors")) for r in range(2))
+        assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0), name

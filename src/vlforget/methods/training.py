@@ -148,6 +148,20 @@ def train_steps(params: Sequence[torch.Tensor], optimiser: torch.optim.Optimizer
             after_step()
 
 
+def accumulate_squared_grads(model: torch.nn.Module, params: Sequence[torch.Tensor], into: Sequence[torch.Tensor],
+                             loss: Callable[[], torch.Tensor], batches: int) -> None:
+    """`into[i] += grad(params[i])**2 / batches` over `batches` calls of `loss` (a diagonal empirical Fisher).
+
+    Not split over processes: every process draws the same full batches and gets the same sums.
+    """
+    for _ in range(batches):
+        model.zero_grad(set_to_none=True)
+        loss().backward()
+        for buffer, p in zip(into, params):
+            buffer += p.grad.detach() ** 2 / batches
+    model.zero_grad(set_to_none=True)
+
+
 def map_sharded(fn: Callable[[list[T]], list[R]], items: Sequence[T], chunk: int = EVAL_CHUNK) -> list[R]:
     """`fn(items)`, with whole chunks spread over processes and the answers gathered on all.
 

@@ -32,7 +32,7 @@ from vlforget.configs import option
 from vlforget.methods.base import Method, MethodConfig, register
 from vlforget.methods.finetune import Batches
 from vlforget.methods.losses import answer_nll
-from vlforget.methods.training import shard, train_steps
+from vlforget.methods.training import accumulate_squared_grads, shard, train_steps
 from vlforget.types import DeletionRequest, Sample
 
 
@@ -284,12 +284,9 @@ class MMUnlearner(Method):
         its mean over all candidate weights: forget and retained sets have different loss
         scales, and the saliency test should compare where each set's importance lies."""
         total = {n: torch.zeros_like(p) for n, p in self.params.items()}
-        for _ in range(self.config.fisher_batches):
-            self.model.zero_grad(set_to_none=True)
-            answer_nll(self.model, self.backbone.build_batch(*batches.next())).backward()
-            for n, p in self.params.items():
-                total[n] += p.grad.detach() ** 2 / self.config.fisher_batches
-        self.model.zero_grad(set_to_none=True)
+        accumulate_squared_grads(self.model, list(self.params.values()), list(total.values()),
+                                 lambda: answer_nll(self.model, self.backbone.build_batch(*batches.next())),
+                                 self.config.fisher_batches)
         scale = sum(t.sum() for t in total.values()) / sum(t.numel() for t in total.values())
         return {n: t / scale.clamp(min=1e-30) for n, t in total.items()}
 

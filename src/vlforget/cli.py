@@ -86,6 +86,10 @@ def summary_table(runs: dict[str, dict], title: str = "Summary (percent)") -> Ta
 
 def _finish(runs: dict[str, dict], dirs: dict[str, Path], out: Path, title: str = "Summary") -> None:
     from vlforget.evaluation.report import write_report
+    from vlforget.methods.training import is_main_process
+
+    if not is_main_process():  # under `accelerate launch`, one process prints and writes the report
+        return
 
     console.print(summary_table(runs, f"{title} (percent)"))
     report = write_report(runs, dirs, out, title=f"vlforget {title.lower()}: {', '.join(runs)}")
@@ -104,6 +108,10 @@ def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path]
     overrides = {"seed": seed, **(overrides or {}), **_overrides(config)}
     run = ContinualRun(method, _benchmark(seed, tasks, paraphrases, dataset, data), out, _backbone_loader(model),
                        overrides, make_judge(judge_name), limit)
+    from vlforget.methods.training import is_main_process
+
+    if not is_main_process():
+        return run.run()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
         task = bar.add_task(method, total=len(run.requests))
@@ -183,8 +191,11 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
     _finish(runs, {name: out / name for name in names}, out, "Comparison")
     from vlforget.evaluation.report import markdown_summary
 
-    (out / "comparison.md").write_text(markdown_summary(runs))
-    console.print(f"table: {out / 'comparison.md'}")
+    from vlforget.methods.training import is_main_process
+
+    if is_main_process():
+        (out / "comparison.md").write_text(markdown_summary(runs))
+        console.print(f"table: {out / 'comparison.md'}")
 
 
 @app.command()

@@ -5,6 +5,11 @@ so far, the retain test pairs of every request in the sequence, and the utility 
 (general pairs no request targets). It saves the method's state after every step and
 rewrites `results.json` atomically, so an interrupted run resumes where it stopped
 and never applies a request twice.
+
+Under `accelerate launch` every process runs this same loop: each trains on its slice
+of every batch (`methods/training.py`), evaluation answers are split by whole chunks
+and gathered (so they are the answers one process gives), and only the main process
+writes files (states, results.json, examples).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from vlforget import __version__
 from vlforget.configs import to_dict
 from vlforget.evaluation.metrics import exact_match, step_metrics, summarize
 from vlforget.methods.base import Method, make_method
+from vlforget.methods.training import is_main_process, map_sharded, num_processes, wait_for_everyone
 from vlforget.types import Sample
 
 RESULTS_FILE = "results.json"
@@ -38,6 +44,7 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "processes": num_processes(),
     }
 
 
@@ -55,7 +62,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
 def respond(method: Method, samples: list[Sample]) -> list[str]:
     if not samples:
         return []
-    return method.generate([s.image for s in samples], [s.instruction for s in samples])
+    return map_sharded(lambda part: method.generate([s.image for s in part], [s.instruction for s in part]), samples)
 
 
 def state_dir(out_dir: Path, step: int) -> Path:
@@ -157,11 +164,14 @@ class ContinualRun:
         picked = self._example_samples()
         answers = respond(self.method, [s for _, _, s in picked])
         folder = self.out_dir / "examples"
-        folder.mkdir(exist_ok=True)
+        main = is_main_process()
+        if main:
+            folder.mkdir(exist_ok=True)
         results["examples"] = []
         for i, ((name, split, sample), answer) in enumerate(zip(picked, answers)):
             image = f"examples/{i:02d}-{split}.png"
-            sample.image.save(self.out_dir / image)
+            if main:
+                sample.image.save(self.out_dir / image)
             results["examples"].append({"request": name, "split": split, "image": image,
                                         "instruction": sample.instruction, "reference": sample.answer,
                                         "before": answer, "after": None})
@@ -172,10 +182,16 @@ class ContinualRun:
         for example, answer in zip(results.get("examples", []), answers):
             example["after"] = answer
 
+    def _write(self, results: dict[str, Any]) -> None:
+        """Main process only; the others wait, so no process reads a half-written run."""
+        if is_main_process():
+            write_json_atomic(self.out_dir / RESULTS_FILE, results)
+        wait_for_everyone()
+
     def run(self) -> dict[str, Any]:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         results = self._load_or_start()
-        path = self.out_dir / RESULTS_FILE
+        wait_for_everyone()  # every process has read the old results before any writes
         if results["base"] is None:
             utility = self.benchmark.utility_split()
             responses = respond(self.method, utility) if not self.method.applied else None
@@ -184,7 +200,7 @@ class ContinualRun:
             results["base"] = {"utility_accuracy": exact_match(responses, [s.answer for s in utility]),
                                "utility_size": len(utility)}
             self._record_examples_before(results)
-            write_json_atomic(path, results)
+            self._write(results)
         base_acc = results["base"]["utility_accuracy"]
         done = len(results["steps"])
         self.progress("start", {"total": len(self.requests), "done": done})
@@ -194,7 +210,8 @@ class ContinualRun:
             began = time.perf_counter()
             self.method.unlearn(request)
             seconds = time.perf_counter() - began
-            self.method.save(state_dir(self.out_dir, t))
+            if is_main_process():
+                self.method.save(state_dir(self.out_dir, t))
             self.progress("evaluate", {"step": t, "request": request.name})
             began_eval = time.perf_counter()
             metrics = self.evaluate(t, base_acc)
@@ -208,13 +225,13 @@ class ContinualRun:
             }
             results["steps"].append(record)
             results["summary"] = self._summary(results)
-            write_json_atomic(path, results)
+            self._write(results)
             self.progress("step", record)
         results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         results["summary"] = self._summary(results)
         results["extras"] = self.method.report_extras()
         self._record_examples_after(results)
-        write_json_atomic(path, results)
+        self._write(results)
         return results
 
 

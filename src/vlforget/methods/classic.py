@@ -16,6 +16,7 @@ from vlforget.methods.adapters import adapters_off
 from vlforget.methods.base import register
 from vlforget.methods.finetune import Batches, FinetuneConfig, FinetuneMethod
 from vlforget.methods.losses import answer_kl, answer_nll, npo_loss, sequence_logprob
+from vlforget.methods.training import accumulate_squared_grads, shard
 
 
 @register
@@ -106,12 +107,8 @@ class EWC(IdkNLL):
 
     def after_request(self, request):
         batches = Batches(request.forget_train, self.config.batch_size, self.config.seed + 7)
-        for _ in range(self.config.fisher_batches):
-            self.model.zero_grad()
-            answer_nll(self.model, self.batch(*batches.next())).backward()
-            for f, p in zip(self.fisher, self.params):
-                f += p.grad.detach() ** 2 / self.config.fisher_batches
-        self.model.zero_grad()
+        accumulate_squared_grads(self.model, self.params, self.fisher,
+                                 lambda: answer_nll(self.model, self.batch(*batches.next())), self.config.fisher_batches)
         self.anchor = [p.detach().clone() for p in self.params]
 
     def state_tensors(self):
@@ -146,7 +143,7 @@ class LwF(IdkNLL):
         batches = Batches(request.retain_train or request.forget_train, self.config.batch_size, self.config.seed + 11)
         with torch.no_grad():
             for _ in range(4):
-                batch = self.batch(*batches.next())
+                batch = self.batch(*shard(*batches.next()))  # the slice this process trains on
                 logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
                 self.teacher.append((batch, logits))
         self.teacher_step = 0

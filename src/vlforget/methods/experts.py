@@ -31,6 +31,7 @@ from vlforget.methods.base import Method, MethodConfig, register
 from vlforget.methods.core.refusers import OutputAdapter
 from vlforget.methods.core.train import kmeans
 from vlforget.methods.finetune import Batches
+from vlforget.methods.training import shard, train_steps
 from vlforget.types import DeletionRequest
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -140,18 +141,15 @@ class HookedMethod(Method):
         optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         model = self.backbone.model
         model.eval()  # frozen parts behave as at inference (no dropout)
-        for _ in range(cfg.steps):
-            batch = self.backbone.build_batch(*batches.next())
-            with self.hooked(self.training_route(cfg.batch_size)):
+
+        def step_loss(step: int) -> torch.Tensor:
+            images, instructions, targets = shard(*batches.next())  # this process's slice of the batch
+            batch = self.backbone.build_batch(images, instructions, targets)
+            with self.hooked(self.training_route(len(images))):
                 loss = model(**batch).loss
-            if extra_loss is not None:
-                loss = loss + extra_loss()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            if after_backward is not None:
-                after_backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimiser.step()
+            return loss + extra_loss() if extra_loss is not None else loss
+
+        train_steps(params, optimiser, cfg.steps, step_loss, after_backward=after_backward)
         for p in params:
             p.requires_grad_(False)
 

@@ -2,7 +2,8 @@
 
 `FinetuneMethod` owns the loop: for each request it draws batches of that request's
 forget pairs (and retain pairs, for methods that use them) and minimises
-`self.loss(...)`. The classic baselines (`classic.py`) only define that loss, in the
+`self.loss(...)` through the shared `training.train_steps` (so it runs under
+`accelerate`: each process trains on its slice of every batch, gradients averaged). The classic baselines (`classic.py`) only define that loss, in the
 style of open-unlearning's trainer variants (GA -> GradDiff -> KL, IdkNLL -> EWC ...).
 One adapter is trained request after request: that is the naive continual setting
 these baselines stand for.
@@ -18,6 +19,7 @@ import torch
 from vlforget.configs import option
 from vlforget.methods.adapters import add_lora, adapters_off, load_lora_state, lora_state
 from vlforget.methods.base import Method, MethodConfig
+from vlforget.methods.training import shard, train_steps
 from vlforget.types import DeletionRequest, Sample
 
 
@@ -94,14 +96,14 @@ class FinetuneMethod(Method):
         self.before_request(request)
         optimiser = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
         self.model.train()
-        for _ in range(cfg.steps):
-            f = self.batch(*forget.next())
-            r = self.batch(*retain.next()) if retain else None
-            loss = self.loss(f, r)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-            optimiser.step()
+
+        def step_loss(step: int) -> torch.Tensor:
+            # Every process draws the full batch (the RNGs stay in step) and keeps its slice.
+            f = self.batch(*shard(*forget.next()))
+            r = self.batch(*shard(*retain.next())) if retain else None
+            return self.loss(f, r)
+
+        train_steps(self.params, optimiser, cfg.steps, step_loss)
         self.model.eval()
         self.after_request(request)
 

@@ -32,6 +32,7 @@ from vlforget.configs import option
 from vlforget.methods.base import Method, MethodConfig, register
 from vlforget.methods.finetune import Batches
 from vlforget.methods.losses import answer_nll
+from vlforget.methods.training import accumulate_squared_grads, shard, train_steps
 from vlforget.types import DeletionRequest, Sample
 
 
@@ -184,18 +185,23 @@ class NullSpaceCVF(Method):
         params = [m.weight for m in self.layers.values()]
         optimiser = torch.optim.Adam(params, lr=cfg.lr)
         rng = random.Random(cfg.seed * 1000 + len(self.applied))
-        for _ in range(cfg.steps):
-            picked = [rng.randrange(len(forget)) for _ in range(cfg.batch_size)]
-            loss = self.contrastive_loss(self.features([forget[i] for i in picked]), original[picked], retained)
-            before = [p.detach().clone() for p in params]
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+        before: list[torch.Tensor] = []
+
+        def step_loss(step: int) -> torch.Tensor:
+            picked = shard([rng.randrange(len(forget)) for _ in range(cfg.batch_size)])  # this process's slice
+            return self.contrastive_loss(self.features([forget[i] for i in picked]), original[picked], retained)
+
+        def remember() -> None:
+            before[:] = [p.detach().clone() for p in params]
+
+        def project() -> None:
             # Project the step actually taken (Adam rescales per entry, so projecting
             # the gradient alone would not keep the update in the null space).
             with torch.no_grad():
                 for (name, layer), old in zip(self.layers.items(), before):
                     layer.weight.copy_(old + (layer.weight - old) @ projections[name])
+
+        train_steps(params, optimiser, cfg.steps, step_loss, clip=None, after_backward=remember, after_step=project)
         with torch.no_grad():
             self.drift.append(float((self.features(retain) - retained).norm(dim=1).max()))
         if cfg.protect_forgotten:
@@ -278,12 +284,9 @@ class MMUnlearner(Method):
         its mean over all candidate weights: forget and retained sets have different loss
         scales, and the saliency test should compare where each set's importance lies."""
         total = {n: torch.zeros_like(p) for n, p in self.params.items()}
-        for _ in range(self.config.fisher_batches):
-            self.model.zero_grad(set_to_none=True)
-            answer_nll(self.model, self.backbone.build_batch(*batches.next())).backward()
-            for n, p in self.params.items():
-                total[n] += p.grad.detach() ** 2 / self.config.fisher_batches
-        self.model.zero_grad(set_to_none=True)
+        accumulate_squared_grads(self.model, list(self.params.values()), list(total.values()),
+                                 lambda: answer_nll(self.model, self.backbone.build_batch(*batches.next())),
+                                 self.config.fisher_batches)
         scale = sum(t.sum() for t in total.values()) / sum(t.numel() for t in total.values())
         return {n: t / scale.clamp(min=1e-30) for n, t in total.items()}
 
@@ -308,16 +311,18 @@ class MMUnlearner(Method):
         params = list(self.params.values())
         optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         self.model.train()
-        for _ in range(cfg.steps):
-            loss = -cfg.forget_weight * answer_nll(self.model, self.backbone.build_batch(*forget.next()))
+
+        def step_loss(step: int) -> torch.Tensor:
+            loss = -cfg.forget_weight * answer_nll(self.model, self.backbone.build_batch(*shard(*forget.next())))
             if retain is not None:
-                loss = loss + cfg.retain_weight * answer_nll(self.model, self.backbone.build_batch(*retain.next()))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+                loss = loss + cfg.retain_weight * answer_nll(self.model, self.backbone.build_batch(*shard(*retain.next())))
+            return loss
+
+        def apply_mask() -> None:
             for n, p in self.params.items():
                 p.grad *= mask[n]  # Adam moments of masked-out entries stay 0, so they never move
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimiser.step()
+
+        train_steps(params, optimiser, cfg.steps, step_loss, after_backward=apply_mask)
         self.model.eval()
 
     # -- state: edited entries only (plus the accumulated protection) ----------------------

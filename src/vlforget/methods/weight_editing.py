@@ -24,6 +24,7 @@ from vlforget.configs import option
 from vlforget.methods.base import register
 from vlforget.methods.finetune import Batches, FinetuneConfig, FinetuneMethod
 from vlforget.methods.losses import answer_kl, answer_nll
+from vlforget.methods.training import shard
 from vlforget.types import DeletionRequest, Sample
 
 ADAPTER = "default"  # the adapter `FinetuneMethod` injects
@@ -271,7 +272,7 @@ class SCRUB(FinetuneMethod):
         return step < self.config.max_phase and step % 2 == 1
 
     def max_loss(self) -> torch.Tensor:
-        batch = self.batch(*self.original_answers.next())
+        batch = self.batch(*shard(*self.original_answers.next()))
         student = self.model(**_inputs(batch)).logits
         return -self.config.forget_kl_weight * answer_kl(student, self.reference_logits(batch), batch["labels"])
 

@@ -17,6 +17,7 @@ from vlforget.methods.core.concept_layer import ridge_fit
 from vlforget.methods.core.concepts import Decomposer
 from vlforget.methods.core.router import load_vector, pick_refusers, route, routing_losses
 from vlforget.methods.core.scorer import encode_texts, load_scorer, vision_features
+from vlforget.methods.training import num_processes, shard, train_steps
 from vlforget.types import DeletionRequest
 
 
@@ -182,8 +183,10 @@ def apply_request(core, request: DeletionRequest) -> None:
     refusal = request.refusals[0]
     old_rows = torch.stack(core.rows) if core.rows else torch.zeros(0, cfg.pool_size)
     core.backbone.model.eval()  # no dropout: the frozen parts behave as at inference
-    for step in range(cfg.steps):
-        idx = [rng.randrange(len(forget)) for _ in range(cfg.batch_size)]
+
+    def step_loss(step: int) -> torch.Tensor:
+        # Every process draws the same indices (one RNG, in step) and trains on its slice.
+        idx = shard([rng.randrange(len(forget)) for _ in range(cfg.batch_size)])
         batch = core.backbone.build_batch([forget[i].image for i in idx], [forget[i].instruction for i in idx],
                                           [refusal] * len(idx))
         ex, wts = route(row[None].expand(len(idx), -1), cfg.top_k)
@@ -192,6 +195,8 @@ def apply_request(core, request: DeletionRequest) -> None:
             loss = core.backbone.model(**batch).loss
         if flagged and cfg.retain_weight > 0:
             ridx = [flagged[rng.randrange(len(flagged))] for _ in range(min(cfg.batch_size, len(flagged)))]
+            if len(ridx) >= num_processes():  # fewer gated pairs than processes: every process takes them all
+                ridx = shard(ridx)
             rb = core.backbone.build_batch([retain[i].image for i in ridx], [retain[i].instruction for i in ridx],
                                            [retain[i].answer for i in ridx])
             sel = torch.tensor(ridx)
@@ -199,15 +204,15 @@ def apply_request(core, request: DeletionRequest) -> None:
             rex, rw = route(w @ torch.cat([old_rows, row[None]]), cfg.top_k)
             with core.steer(mode="train", rows=torch.arange(len(ridx)), experts=rex, weights=rw, gates=g_r[sel]):
                 loss = loss + cfg.retain_weight * core.backbone.model(**rb).loss
+        # Batch-free terms: computed on every process, so averaging leaves their gradients as they are.
         for e, weight, x, target in protect:
             loss = loss + cfg.protect_weight * weight * F.mse_loss(core.pool.experts[e](x), target) * 10
         for e, old in anchors.items():
             new = core.pool.expert_parameters(e)[-len(old):] if old else []
             loss = loss + cfg.protect_weight * sum(((a - b) ** 2).sum() for a, b in zip(new, old))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimiser.step()
+        return loss
+
+    train_steps(params, optimiser, cfg.steps, step_loss)
     for p in core.pool.parameters():
         p.requires_grad_(False)
     ex, wts = route(row[None], cfg.top_k)

@@ -103,6 +103,16 @@ def test_save_load_round_trip(backbone, samples, tmp_path):
     assert again.generate(images, instructions, batch_size=3) == before  # batching/padding-independent
 
 
+def test_fixed_length_generation_continues_the_greedy_answer(backbone, samples):
+    """min_new_tokens = max_new_tokens (the latency benchmarks' equal-work mode) suppresses
+    end-of-sequence only: greedy decoding runs on past where the answer ended."""
+    images, instructions = [s.image for s in samples], [s.instruction for s in samples]
+    normal = backbone.generate(images, instructions)
+    forced = backbone.generate(images, instructions, min_new_tokens=12, max_new_tokens=12)
+    for short, long in zip(normal, forced):
+        assert long.startswith(short) and len(long) > len(short)
+
+
 def test_looks_like_refusal():
     assert looks_like_refusal("sorry, there is no star in the image.")
     assert looks_like_refusal("I cannot say whether there are crosses.")

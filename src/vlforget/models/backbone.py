@@ -179,15 +179,19 @@ class Backbone:
     # -- outputs ---------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, images: Sequence[Image.Image], instructions: Sequence[str], max_new_tokens: int = 24,
-                 batch_size: int = 64) -> list[str]:
-        """Greedy answers, decoded and stripped."""
+                 batch_size: int = 64, min_new_tokens: int = 0) -> list[str]:
+        """Greedy answers, decoded and stripped.
+
+        `min_new_tokens` = `max_new_tokens` makes every answer exactly that long (end-of-sequence
+        suppressed): the latency benchmarks use it to compare compute at equal work."""
         was_training = self.model.training
         self.model.eval()
         answers: list[str] = []
         try:
             for start in range(0, len(images), batch_size):
                 batch = self.build_batch(images[start:start + batch_size], instructions[start:start + batch_size])
-                out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                out = self.model.generate(**batch, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                          do_sample=False,
                                           num_beams=1, pad_token_id=self.tokenizer.pad_token_id,
                                           eos_token_id=self.tokenizer.eos_token_id)
                 new = out[:, batch["input_ids"].shape[1]:]

@@ -1,0 +1,84 @@
+"""Tiny random-init models of every supported family, for tests and smoke runs.
+
+Each model is built from its family's real transformers config class (few layers,
+small hidden sizes) over the built-in word-level tokenizer, so the built-in tokenizer
+is reused and `Backbone.load(folder)` goes through the same transformers model class
+a user with real weights loads. The weights are random: these models answer nonsense
+and only exercise code paths (shapes, hooks, save/load).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vlforget.models.backbone import IMAGE_SIZE, Backbone
+
+PATCH = 16
+HIDDEN = 64
+HEADS = 4
+
+
+def _llama_text(tokenizer):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
+                       num_hidden_layers=2, num_attention_heads=HEADS, num_key_value_heads=HEADS,
+                       max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       tie_word_embeddings=False)
+
+
+def _clip_vision():
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2,
+                            num_attention_heads=HEADS, image_size=IMAGE_SIZE, patch_size=PATCH,
+                            projection_dim=HIDDEN)
+
+
+def llava_config(tokenizer):
+    from transformers import LlavaConfig
+
+    return LlavaConfig(vision_config=_clip_vision(), text_config=_llama_text(tokenizer),
+                       image_token_index=tokenizer.image_token_id, image_seq_length=(IMAGE_SIZE // PATCH) ** 2,
+                       vision_feature_layer=-1, vision_feature_select_strategy="default",
+                       tie_word_embeddings=False)
+
+
+def llava_next_config(tokenizer):
+    from transformers import LlavaNextConfig
+
+    # One grid pinpoint equal to the image size: anyres gives the base image + one tile.
+    return LlavaNextConfig(vision_config=_clip_vision(), text_config=_llama_text(tokenizer),
+                           image_token_index=tokenizer.image_token_id, image_grid_pinpoints=[[IMAGE_SIZE, IMAGE_SIZE]],
+                           vision_feature_layer=-1, vision_feature_select_strategy="default",
+                           tie_word_embeddings=False)
+
+
+CONFIGS = {"llava": llava_config, "llava_next": llava_next_config}
+
+
+def build_family(family: str, seed: int = 0) -> Backbone:
+    """A random-init tiny `Backbone` of `family` (a key of `CONFIGS`) with the built-in tokenizer."""
+    from vlforget.models.families import model_class
+    from vlforget.models.tokenizer import build_tokenizer
+
+    if family not in CONFIGS:
+        raise ValueError(f"no tiny config for family {family!r}; have: {', '.join(CONFIGS)}")
+    tokenizer = build_tokenizer()
+    config = CONFIGS[family](tokenizer)
+    torch.manual_seed(seed)
+    model = model_class(config.model_type)(config)
+    model.eval()
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(tokenizer, key))
+    return Backbone(model, tokenizer)
+
+
+def save_family(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Build the tiny `family` model and save it as a folder `Backbone.load` reads."""
+    out_dir = Path(out_dir)
+    build_family(family, seed).save(out_dir)
+    return out_dir

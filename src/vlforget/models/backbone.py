@@ -142,29 +142,33 @@ def local_model_folder(model: str | Path) -> Path:
 
 
 class PerImageConnector(torch.nn.Module):
-    """A per-image view of a connector the model calls once per crop (LLaVA-NeXT's anyres).
+    """A per-image view of a connector the model does not call per image.
 
-    Input [B, crops * P, D] (every crop's features of one image, in crop order), output
-    [B, crops * P, H]: the wrapped projector applied to each crop. Holds the real projector
-    as a submodule, so its parameters are shared and `copy.deepcopy` copies them.
-    `busy` is set while it runs the projector, so the routing hook `Backbone` puts on
-    the projector lets that inner call through instead of routing it a second time.
+    Input [B, T, D] (one row per image: every crop's or patch's connector input, in the
+    model's order), output [B, T', H]: the wrapped projector applied as the model applies
+    it. `rows` is how many rows of the model's own call one image takes: LLaVA-NeXT calls
+    [B * crops, P, D] (rows = crops), Qwen2-VL's merger [B * patches, D] (rows = patches,
+    `flat`). Holds the real projector as a submodule, so its parameters are shared and
+    `copy.deepcopy` copies them. `busy` is set while it runs the projector, so the routing
+    hook `Backbone` puts on the projector lets that inner call through.
     """
 
-    def __init__(self, projector: torch.nn.Module, crops: int):
+    def __init__(self, projector: torch.nn.Module, rows: int, flat: bool):
         super().__init__()
         self.projector = projector
-        self.crops = crops
+        self.rows = rows
+        self.flat = flat
         self.busy = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
+        inner = x.reshape(b * self.rows, d) if self.flat else x.reshape(b * self.rows, n // self.rows, d)
         self.busy = True
         try:
-            return self.projector(x.reshape(b * self.crops, n // self.crops, d)).reshape(b, n, -1)
+            out = self.projector(inner)
         finally:
             self.busy = False
-
+        return out.reshape(b, -1, out.shape[-1])
 
 class Backbone:
     """A LLaVA model + tokenizer with batch building, generation and feature access."""
@@ -184,8 +188,8 @@ class Backbone:
             "n_image_tokens": None,  # filled below unless the saved meta has it
             **(meta or {}),
         }
-        self._view = None  # LLaVA-NeXT's per-image connector view (see `connector`)
-        self._processor = None  # LLaVA-NeXT's anyres image processor, built on first use
+        self._view = None  # per-image connector view (see `connector`), LLaVA-NeXT and Qwen2-VL
+        self._processor = None  # their transformers image processor, built on first use
         if self.meta["format_version"] != FORMAT_VERSION:
             raise ValueError(f"unsupported backbone format version {self.meta['format_version']} "
                              f"(this vlforget reads version {FORMAT_VERSION})")
@@ -193,7 +197,7 @@ class Backbone:
         if self.meta["n_image_tokens"] is None:
             self.meta["n_image_tokens"] = (int(model.config.image_seq_length) if model.config.model_type == "llava"
                                            else self._count_image_tokens())
-        if self.family.crops:
+        if self.family.layout != "per_image":
             self.connector  # noqa: B018 -- installs the per-image routing hook before any forward
 
     # -- loading / saving ----------------------------------------------------------
@@ -240,12 +244,13 @@ class Backbone:
 
     @property
     def connector(self) -> torch.nn.Module:
-        """The connector as methods see it: called once per batch of images, [B, n_image_tokens, ...].
+        """The connector as methods see it: one call per batch, input [B, P, D] one row per image.
 
-        For families that run the connector per crop (LLaVA-NeXT) this is a `PerImageConnector`
-        view sharing the real projector's parameters (see `_per_image_view`)."""
+        LLaVA: the projector itself. Families whose model calls it otherwise (layout
+        "anyres" / "flat") get a `PerImageConnector` view sharing the projector's
+        parameters (see `_per_image_view`)."""
         projector = resolve(self.model, self.family.connector)
-        return self._per_image_view(projector) if self.family.crops else projector
+        return projector if self.family.layout == "per_image" else self._per_image_view(projector)
 
     @property
     def language_model(self) -> torch.nn.Module:
@@ -260,23 +265,12 @@ class Backbone:
                 return name
         raise RuntimeError("projector not found among the model's modules")
 
-    @property
-    def crops(self) -> int:
-        """Connector calls per image: 1, or LLaVA-NeXT's base image + anyres tiles at the fixed image size."""
-        if not self.family.crops:
-            return 1
-        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
-
-        size = int(self.meta["image_size"])
-        return image_size_to_num_patches((size, size), self.model.config.image_grid_pinpoints,
-                                         self.model.config.vision_config.image_size)
-
     def _per_image_view(self, projector: torch.nn.Module) -> PerImageConnector:
-        """The per-image view, and (once) a hook routing the model's per-crop call through it.
+        """The per-image view, and (once) a hook routing the model's own call through it.
 
-        The model calls the projector on [B * crops, P, D]; the hook reshapes that to
-        [B, crops * P, D], runs the view (so hooks that methods put on the view see one row
-        per image and can replace rows) and returns its output in the model's shape. The
+        The hook reshapes the model's call ([B * crops, P, D] or [B * patches, D]) to
+        [B, T, D], runs the view (so hooks that methods put on the view see one row per
+        image and can replace rows) and returns its output in the model's shape. The
         projector thus runs twice per forward (the first output is discarded): cheap next
         to the vision tower and the LM, and it keeps the checkpoint's module names intact
         (wrapping the projector in place would rename its weights). Copies of the projector
@@ -284,25 +278,32 @@ class Backbone:
         """
         if self._view is not None and self._view.projector is projector:
             return self._view
-        view = PerImageConnector(projector, self.crops)
+        rows = self._rows_per_image()
+        view = PerImageConnector(projector, rows, flat=self.family.layout == "flat")
 
         def route(module, args, output, view=view):
             if module is not view.projector or view.busy:
                 return None
             x = args[0]
-            out = view(x.reshape(x.shape[0] // view.crops, view.crops * x.shape[1], x.shape[2]))
+            out = view(x.reshape(x.shape[0] // view.rows, -1, x.shape[-1]))
             return out.reshape(output.shape)
 
         projector.register_forward_hook(route)
         self._view = view
         return view
 
+    def _rows_per_image(self) -> int:
+        """Rows of the model's connector call per image at the fixed size (crops or patches)."""
+        size = int(self.meta["image_size"])
+        inputs = self._image_inputs([Image.new("RGB", (size, size))])
+        return int(inputs["pixel_values"].shape[1 if self.family.layout == "anyres" else 0])
+
     @torch.no_grad()
     def _count_image_tokens(self) -> int:
         """Image placeholder tokens per image at the fixed image size (one dummy image through the model)."""
         size = int(self.meta["image_size"])
-        pixels = self.pixel_values([Image.new("RGB", (size, size))])
-        out = self.model.model.get_image_features(pixel_values=pixels, **self._extra_inputs(1))
+        inputs = self._image_inputs([Image.new("RGB", (size, size))])
+        out = self.model.model.get_image_features(**inputs)
         features = out.pooler_output if hasattr(out, "pooler_output") else out
         return int(sum(f.shape[0] for f in features)) if isinstance(features, (list, tuple)) else int(features.shape[-2])
 
@@ -312,35 +313,52 @@ class Backbone:
 
     # -- inputs ----------------------------------------------------------------------
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """[B, 3, S, S] normalised pixels at the fixed size S (LLaVA-NeXT: [B, crops, 3, V, V])."""
-        if self.family.crops:
-            return self._anyres_pixels(images)
-        pixels = images_to_pixels(images, self.meta["image_size"], self.meta["pixel_mean"], self.meta["pixel_std"])
-        return pixels.to(self.device, dtype=self.model.dtype)
+        """Normalised pixels at the fixed size S: [B, 3, S, S] (LLaVA-NeXT: [B, crops, 3, V, V];
+        Qwen2-VL: [B * patches, 3 * 2 * p * p], flattened temporal patches)."""
+        return self._image_inputs(images)["pixel_values"]
 
-    def _anyres_pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """LLaVA-NeXT's base image + anyres tiles, cut by transformers' own (PIL) image processor
-        from the image resized to the fixed size, so every image gives the same crops and tokens."""
-        from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+    def _image_inputs(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        """The model's image inputs: `pixel_values`, plus `image_sizes` (LLaVA-NeXT) or
+        `image_grid_thw` (Qwen2-VL). Every image is first resized to the fixed size, so all
+        images give the same number of image tokens (the prompt layout relies on it)."""
+        size = int(self.meta["image_size"])
+        if self.family.layout == "per_image":
+            pixels = images_to_pixels(images, size, self.meta["pixel_mean"], self.meta["pixel_std"])
+            return {"pixel_values": pixels.to(self.device, dtype=self.model.dtype)}
+        resized = [im.convert("RGB") if im.size == (size, size) else im.convert("RGB").resize((size, size), Image.BILINEAR)
+                   for im in images]
+        out = self._image_processor()(resized, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in out.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return inputs
 
-        if self._processor is None:
-            cfg, side = self.model.config, self.model.config.vision_config.image_size
+    def _image_processor(self):
+        """transformers' own (PIL) image processor of the family, built once: it cuts
+        LLaVA-NeXT's base image + anyres tiles and Qwen2-VL's patches exactly as the model expects."""
+        if self._processor is not None:
+            return self._processor
+        cfg, vision = self.model.config, self.model.config.vision_config
+        norm = {"image_mean": [self.meta["pixel_mean"]] * 3, "image_std": [self.meta["pixel_std"]] * 3,
+                "resample": Image.BILINEAR}
+        if self.family.layout == "anyres":
+            from transformers import LlavaNextImageProcessorPil
+
+            side = vision.image_size
             self._processor = LlavaNextImageProcessorPil(
                 size={"shortest_edge": side}, crop_size={"height": side, "width": side},
-                image_grid_pinpoints=cfg.image_grid_pinpoints, resample=Image.BILINEAR,
-                image_mean=[self.meta["pixel_mean"]] * 3, image_std=[self.meta["pixel_std"]] * 3)
-        size = int(self.meta["image_size"])
-        resized = [im.convert("RGB").resize((size, size), Image.BILINEAR) if im.size != (size, size)
-                   else im.convert("RGB") for im in images]
-        pixels = self._processor(resized, return_tensors="pt")["pixel_values"]
-        return pixels.to(self.device, dtype=self.model.dtype)
+                image_grid_pinpoints=cfg.image_grid_pinpoints, **norm)
+        elif self.family.layout == "flat":
+            from transformers import Qwen2VLImageProcessorPil
 
-    def _extra_inputs(self, n: int) -> dict[str, torch.Tensor]:
-        """Family-specific model inputs besides ids, mask and pixels (LLaVA-NeXT: `image_sizes`)."""
-        if self.model.config.model_type == "llava_next":
-            size = int(self.meta["image_size"])
-            return {"image_sizes": torch.tensor([[size, size]] * n, device=self.device)}
-        return {}
+            size, factor = int(self.meta["image_size"]), vision.patch_size * vision.spatial_merge_size
+            # min/max pixels chosen so the fixed-size image keeps its size (rounded to the patch grid)
+            self._processor = Qwen2VLImageProcessorPil(
+                size={"shortest_edge": factor * factor, "longest_edge": max(size * size, factor * factor)},
+                patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
+                temporal_patch_size=vision.temporal_patch_size, **norm)
+        else:
+            raise ValueError(f"no image processor for layout {self.family.layout!r}")
+        return self._processor
 
     def encode_text(self, texts: Sequence[str]) -> list[list[int]]:
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
@@ -359,8 +377,9 @@ class Backbone:
         batch = assemble(self.encode_text(instructions), None if targets is None else self.encode_text(targets),
                          **self._special())
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        batch["pixel_values"] = self.pixel_values(images)
-        batch.update(self._extra_inputs(len(images)))
+        batch.update(self._image_inputs(images))
+        if self.family.layout == "flat":  # Qwen2-VL's multimodal RoPE finds image tokens through these
+            batch["mm_token_type_ids"] = (batch["input_ids"] == self.model.config.image_token_id).int()
         return batch
 
     # -- outputs ---------------------------------------------------------------------
@@ -397,17 +416,27 @@ class Backbone:
     def vision_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """[B, P, vision_hidden]: the vision tower output fed to the connector, one row per image.
 
-        P = n_image_tokens for LLaVA; for LLaVA-NeXT P = crops x patches (the model then
-        packs the connector output and adds row-end embeddings, giving n_image_tokens)."""
+        P = n_image_tokens for LLaVA; LLaVA-NeXT: crops x patches (the model then packs the
+        connector output and adds row-end embeddings); Qwen2-VL: patches before the 2x2 merge
+        (Qwen2.5-VL: in its window-attention order, as the merger receives them)."""
         cfg = self.model.config
-        pixels = self.pixel_values(images)
-        if self.family.crops:
+        inputs = self._image_inputs(images)
+        if self.family.layout == "flat":
+            view = self.connector
+            view.busy = True  # the tower ends with the merger: run it plainly, no method hooks
+            try:
+                out = self.vision_encoder(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+            finally:
+                view.busy = False
+            return out.last_hidden_state.reshape(len(images), -1, out.last_hidden_state.shape[-1])
+        pixels = inputs["pixel_values"]
+        if self.family.layout == "anyres":
             pixels = pixels.flatten(0, 1)
         out = self.vision_encoder(pixels, output_hidden_states=True)
         features = out.hidden_states[cfg.vision_feature_layer]
         if cfg.vision_feature_select_strategy == "default":
             features = features[:, 1:]
-        if self.family.crops:  # [B * crops, P, D] -> [B, crops * P, D], the per-image connector input
+        if self.family.layout == "anyres":  # [B * crops, P, D] -> [B, crops * P, D], the per-image connector input
             features = features.reshape(len(images), -1, features.shape[-1])
         return features
 

@@ -6,8 +6,11 @@ between vision features and the language model; the methods hook and copy it) an
 language model (its `.layers` are hooked by some methods). Paths were checked against
 transformers 5.x source (`models/<family>/modeling_<family>.py`).
 
-`crops`: True when the connector is called on several crops per image (LLaVA-NeXT's
-anyres base image + tiles); `Backbone` then shows methods a per-image view of it.
+`layout`: how the model calls the connector, which decides the image inputs and whether
+`Backbone` shows methods a per-image view of it (`PerImageConnector`):
+  "per_image": [B, P, D], one row per image (LLaVA): methods get the projector itself;
+  "anyres":    [B * crops, P, D], base image + tiles per image (LLaVA-NeXT);
+  "flat":      [sum of patches, D], every image's patches concatenated (Qwen2-VL's merger).
 `supported`: exercised end to end by tests/test_families.py (load, generate, methods,
 save/load) on a tiny random-init model of the family. Loading a family that is in the
 table but not supported raises a clear error naming it (no silent half-working path).
@@ -27,7 +30,7 @@ class Family:
     vision: str
     connector: str
     language: str
-    crops: bool = False
+    layout: str = "per_image"
     supported: bool = False
 
 
@@ -35,11 +38,11 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("llava", "LlavaForConditionalGeneration",
            "model.vision_tower", "model.multi_modal_projector", "model.language_model", supported=True),
     Family("llava_next", "LlavaNextForConditionalGeneration",
-           "model.vision_tower", "model.multi_modal_projector", "model.language_model", crops=True, supported=True),
+           "model.vision_tower", "model.multi_modal_projector", "model.language_model", layout="anyres", supported=True),
     Family("qwen2_vl", "Qwen2VLForConditionalGeneration",
-           "model.visual", "model.visual.merger", "model.language_model"),
+           "model.visual", "model.visual.merger", "model.language_model", layout="flat", supported=True),
     Family("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration",
-           "model.visual", "model.visual.merger", "model.language_model"),
+           "model.visual", "model.visual.merger", "model.language_model", layout="flat", supported=True),
     Family("idefics3", "Idefics3ForConditionalGeneration",
            "model.vision_model", "model.connector", "model.text_model"),
 )}

@@ -57,7 +57,38 @@ def llava_next_config(tokenizer):
                            tie_word_embeddings=False)
 
 
-CONFIGS = {"llava": llava_config, "llava_next": llava_next_config}
+def _qwen_text(tokenizer) -> dict:
+    # mrope_section splits each head's rotary half (head_dim 16 -> 8) over time, height, width
+    return dict(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2,
+                num_attention_heads=HEADS, num_key_value_heads=HEADS, max_position_embeddings=256,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id)
+
+
+def qwen2_vl_config(tokenizer):
+    from transformers import Qwen2VLConfig
+
+    # 8-pixel patches merged 2x2: a 48-pixel image is 6x6 patches -> 9 image tokens.
+    vision = dict(depth=2, embed_dim=HIDDEN, hidden_size=HIDDEN, num_heads=HEADS, mlp_ratio=2, patch_size=8,
+                  spatial_merge_size=2, temporal_patch_size=2)
+    return Qwen2VLConfig(vision_config=vision, text_config=_qwen_text(tokenizer),
+                         image_token_id=tokenizer.image_token_id, tie_word_embeddings=False)
+
+
+def qwen2_5_vl_config(tokenizer):
+    from transformers import Qwen2_5_VLConfig
+
+    # window_size 32 px = 2x2 merged tokens per attention window; block 1 attends fully
+    vision = dict(depth=2, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, out_hidden_size=HIDDEN,
+                  num_heads=HEADS, patch_size=8, spatial_merge_size=2, temporal_patch_size=2,
+                  window_size=32, fullatt_block_indexes=[1])
+    return Qwen2_5_VLConfig(vision_config=vision, text_config=_qwen_text(tokenizer),
+                            image_token_id=tokenizer.image_token_id, tie_word_embeddings=False)
+
+
+CONFIGS = {"llava": llava_config, "llava_next": llava_next_config, "qwen2_vl": qwen2_vl_config,
+           "qwen2_5_vl": qwen2_5_vl_config}
 
 
 def build_family(family: str, seed: int = 0) -> Backbone:

@@ -122,8 +122,8 @@ def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path]
     from vlforget.evaluation.runner import ContinualRun
 
     overrides = {"seed": seed, **(overrides or {}), **_overrides(config)}
-    run = ContinualRun(method, _benchmark(seed, tasks, paraphrases, dataset, data), out, _backbone_loader(model, placement),
-                       overrides, make_judge(judge_name), limit)
+    run = ContinualRun(method, _benchmark(seed, tasks, paraphrases, dataset, data), out,
+                       _backbone_loader(model, placement), overrides, make_judge(judge_name), limit)
     from vlforget.methods.training import is_main_process
 
     if not is_main_process():
@@ -292,7 +292,8 @@ def load_run_state(run_dir: Path, step: Optional[int] = None, model: Optional[st
     step = done if step is None else step
     if not 0 <= step <= done:
         raise ValueError(f"step {step} is not available in {run_dir}; it has steps 0..{done}")
-    method = make_method(results["method"], Backbone.load(model, *placement), {**results["config"], **(overrides or {})})
+    method = make_method(results["method"], Backbone.load(model, *placement),
+                         {**results["config"], **(overrides or {})})
     if step:
         method.load(state_dir(run_dir, step))
     return method, results

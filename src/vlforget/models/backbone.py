@@ -170,8 +170,9 @@ class PerImageConnector(torch.nn.Module):
             self.busy = False
         return out.reshape(b, -1, out.shape[-1])
 
+
 class Backbone:
-    """A LLaVA model + tokenizer with batch building, generation and feature access."""
+    """A vision-language model of a supported family + tokenizer: batch building, generation, feature access."""
 
     def __init__(self, model, tokenizer, device: str | torch.device = "cpu", meta: dict | None = None):
         self.model = model
@@ -193,6 +194,11 @@ class Backbone:
         if self.meta["format_version"] != FORMAT_VERSION:
             raise ValueError(f"unsupported backbone format version {self.meta['format_version']} "
                              f"(this vlforget reads version {FORMAT_VERSION})")
+        missing = [name for name in ("bos_token", "eos_token", "sep_token", "pad_token")
+                   if getattr(tokenizer, f"{name}_id", None) is None]
+        if missing:  # real checkpoints' tokenizers often lack a sep (Qwen: a bos); fail here, not mid-batch
+            raise ValueError(f"the tokenizer has no {', '.join(missing)}; the prompt layout ({PROMPT_LAYOUT}) "
+                             "needs them: set them on the tokenizer and save the folder (see docs/models.md)")
         self.model.to(self.device)
         if self.meta["n_image_tokens"] is None:
             self.meta["n_image_tokens"] = (int(model.config.image_seq_length) if model.config.model_type == "llava"
@@ -305,7 +311,9 @@ class Backbone:
         inputs = self._image_inputs([Image.new("RGB", (size, size))])
         out = self.model.model.get_image_features(**inputs)
         features = out.pooler_output if hasattr(out, "pooler_output") else out
-        return int(sum(f.shape[0] for f in features)) if isinstance(features, (list, tuple)) else int(features.shape[-2])
+        if isinstance(features, (list, tuple)):  # LLaVA-NeXT, Qwen2-VL, Idefics3: one tensor per image
+            return int(sum(f.shape[0] for f in features))
+        return int(features.shape[-2])
 
     @property
     def n_image_tokens(self) -> int:
@@ -313,8 +321,8 @@ class Backbone:
 
     # -- inputs ----------------------------------------------------------------------
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Normalised pixels at the fixed size S: [B, 3, S, S] (LLaVA-NeXT: [B, crops, 3, V, V];
-        Qwen2-VL: [B * patches, 3 * 2 * p * p], flattened temporal patches)."""
+        """Normalised pixels at the fixed size S: [B, 3, S, S]; Idefics3 [B, 1, 3, S, S];
+        LLaVA-NeXT [B, crops, 3, V, V]; Qwen2-VL [B * patches, 3 * 2 * p * p] (flattened temporal patches)."""
         return self._image_inputs(images)["pixel_values"]
 
     def _image_inputs(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
@@ -324,9 +332,11 @@ class Backbone:
         size = int(self.meta["image_size"])
         if self.family.layout == "per_image":
             pixels = images_to_pixels(images, size, self.meta["pixel_mean"], self.meta["pixel_std"])
+            if self.family.stacked:  # one image per sample; Idefics3 then takes every pixel as real
+                pixels = pixels[:, None]
             return {"pixel_values": pixels.to(self.device, dtype=self.model.dtype)}
-        resized = [im.convert("RGB") if im.size == (size, size) else im.convert("RGB").resize((size, size), Image.BILINEAR)
-                   for im in images]
+        resized = [im.convert("RGB") for im in images]
+        resized = [im if im.size == (size, size) else im.resize((size, size), Image.BILINEAR) for im in resized]
         out = self._image_processor()(resized, return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in out.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
@@ -418,7 +428,8 @@ class Backbone:
 
         P = n_image_tokens for LLaVA; LLaVA-NeXT: crops x patches (the model then packs the
         connector output and adds row-end embeddings); Qwen2-VL: patches before the 2x2 merge
-        (Qwen2.5-VL: in its window-attention order, as the merger receives them)."""
+        (Qwen2.5-VL: in its window-attention order, as the merger receives them); Idefics3:
+        patches before the connector's pixel shuffle."""
         cfg = self.model.config
         inputs = self._image_inputs(images)
         if self.family.layout == "flat":
@@ -430,8 +441,10 @@ class Backbone:
                 view.busy = False
             return out.last_hidden_state.reshape(len(images), -1, out.last_hidden_state.shape[-1])
         pixels = inputs["pixel_values"]
-        if self.family.layout == "anyres":
+        if self.family.layout == "anyres" or self.family.stacked:
             pixels = pixels.flatten(0, 1)
+        if not hasattr(cfg, "vision_feature_layer"):  # Idefics3: the connector reads the last layer
+            return self.vision_encoder(pixel_values=pixels).last_hidden_state
         out = self.vision_encoder(pixels, output_hidden_states=True)
         features = out.hidden_states[cfg.vision_feature_layer]
         if cfg.vision_feature_select_strategy == "default":

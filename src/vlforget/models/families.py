@@ -8,9 +8,10 @@ transformers 5.x source (`models/<family>/modeling_<family>.py`).
 
 `layout`: how the model calls the connector, which decides the image inputs and whether
 `Backbone` shows methods a per-image view of it (`PerImageConnector`):
-  "per_image": [B, P, D], one row per image (LLaVA): methods get the projector itself;
+  "per_image": [B, P, D], one row per image (LLaVA, Idefics3): methods get the module itself;
   "anyres":    [B * crops, P, D], base image + tiles per image (LLaVA-NeXT);
   "flat":      [sum of patches, D], every image's patches concatenated (Qwen2-VL's merger).
+`stacked`: `pixel_values` carry an images-per-sample axis, [B, 1, 3, S, S] (Idefics3).
 `supported`: exercised end to end by tests/test_families.py (load, generate, methods,
 save/load) on a tiny random-init model of the family. Loading a family that is in the
 table but not supported raises a clear error naming it (no silent half-working path).
@@ -31,6 +32,7 @@ class Family:
     connector: str
     language: str
     layout: str = "per_image"
+    stacked: bool = False
     supported: bool = False
 
 
@@ -38,13 +40,14 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("llava", "LlavaForConditionalGeneration",
            "model.vision_tower", "model.multi_modal_projector", "model.language_model", supported=True),
     Family("llava_next", "LlavaNextForConditionalGeneration",
-           "model.vision_tower", "model.multi_modal_projector", "model.language_model", layout="anyres", supported=True),
+           "model.vision_tower", "model.multi_modal_projector", "model.language_model", layout="anyres",
+           supported=True),
     Family("qwen2_vl", "Qwen2VLForConditionalGeneration",
            "model.visual", "model.visual.merger", "model.language_model", layout="flat", supported=True),
     Family("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration",
            "model.visual", "model.visual.merger", "model.language_model", layout="flat", supported=True),
     Family("idefics3", "Idefics3ForConditionalGeneration",
-           "model.vision_model", "model.connector", "model.text_model"),
+           "model.vision_model", "model.connector", "model.text_model", stacked=True, supported=True),
 )}
 
 

@@ -87,8 +87,18 @@ def qwen2_5_vl_config(tokenizer):
                             image_token_id=tokenizer.image_token_id, tie_word_embeddings=False)
 
 
+def idefics3_config(tokenizer):
+    from transformers import Idefics3Config
+
+    # 8-pixel patches, pixel shuffle by 2: a 48-pixel image is 6x6 patches -> 9 image tokens.
+    vision = dict(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS,
+                  image_size=IMAGE_SIZE, patch_size=8)
+    return Idefics3Config(vision_config=vision, text_config=_llama_text(tokenizer), scale_factor=2,
+                          image_token_id=tokenizer.image_token_id, tie_word_embeddings=False)
+
+
 CONFIGS = {"llava": llava_config, "llava_next": llava_next_config, "qwen2_vl": qwen2_vl_config,
-           "qwen2_5_vl": qwen2_5_vl_config}
+           "qwen2_5_vl": qwen2_5_vl_config, "idefics3": idefics3_config}
 
 
 def build_family(family: str, seed: int = 0) -> Backbone:

@@ -54,10 +54,25 @@ def _benchmark(seed: int, tasks: Optional[Path], paraphrases: Optional[Path],
                                      paraphrases_file=str(paraphrases) if paraphrases else None))
 
 
-def _backbone_loader(model: Optional[str]):
+DEVICE_HELP = "where the model runs: auto (a GPU when present, else CPU), cpu, cuda or cuda:N"
+DTYPE_HELP = "weights dtype: auto (the checkpoint's own on GPU, float32 on CPU), float32, float16 or bfloat16"
+
+
+def _placement(device: str, dtype: str) -> tuple:
+    """(torch device, dtype) for Backbone.load; prints one note when CPU overrides half precision."""
+    from vlforget.models.backbone import resolve_device, resolve_precision
+
+    where = resolve_device(device)
+    precision, note = resolve_precision(dtype, where)
+    if note:
+        err.print(f"[yellow]{escape(note)}[/]", highlight=False)
+    return where, precision
+
+
+def _backbone_loader(model: Optional[str], placement: tuple = ("cpu", None)):
     from vlforget.models.backbone import Backbone
 
-    return lambda: Backbone.load(model)
+    return lambda: Backbone.load(model, *placement)
 
 
 def _overrides(config: Optional[Path]) -> dict:
@@ -99,15 +114,16 @@ def _finish(runs: dict[str, dict], dirs: dict[str, Path], out: Path, title: str 
 
 def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path], tasks: Optional[Path],
             seed: int, paraphrases: Optional[Path], limit: Optional[int], judge_name: str,
-            dataset: Optional[str] = None, data: Optional[Path] = None, overrides: Optional[dict] = None) -> dict:
+            dataset: Optional[str] = None, data: Optional[Path] = None, overrides: Optional[dict] = None,
+            placement: tuple = ("cpu", None)) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vlforget.evaluation.judge import make_judge
     from vlforget.evaluation.runner import ContinualRun
 
     overrides = {"seed": seed, **(overrides or {}), **_overrides(config)}
-    run = ContinualRun(method, _benchmark(seed, tasks, paraphrases, dataset, data), out, _backbone_loader(model),
-                       overrides, make_judge(judge_name), limit)
+    run = ContinualRun(method, _benchmark(seed, tasks, paraphrases, dataset, data), out,
+                       _backbone_loader(model, placement), overrides, make_judge(judge_name), limit)
     from vlforget.methods.training import is_main_process
 
     if not is_main_process():
@@ -157,9 +173,13 @@ def run(method: str = typer.Option(DEFAULT_METHOD, help="registered method name 
         judge: str = typer.Option("minilm", help="refusal judge: minilm or lexical"),
         dataset: Optional[str] = typer.Option(None, help="load a published benchmark instead: core, safeeraser, "
                                               "mllmu, clear, fiubench, llava_json, jsonl, parquet"),
-        data: Optional[Path] = typer.Option(None, help="with --dataset: the folder or file holding it")):
+        data: Optional[Path] = typer.Option(None, help="with --dataset: the folder or file holding it"),
+        device: str = typer.Option("auto", help=DEVICE_HELP),
+        dtype: str = typer.Option("auto", help=DTYPE_HELP)):
     """Run one method over the request sequence (resumes an interrupted run in --out)."""
-    results = run_one(method, out, model, config, tasks, seed, paraphrases, limit, judge, dataset, data)
+    placement = _placement(device, dtype)
+    results = run_one(method, out, model, config, tasks, seed, paraphrases, limit, judge, dataset, data,
+                      placement=placement)
     _finish({method: results}, {method: out}, out)
 
 
@@ -172,7 +192,9 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
             seed: int = typer.Option(0, help="seed"),
             limit: Optional[int] = typer.Option(None, help="only the first N requests"),
             judge: str = typer.Option("minilm", help="refusal judge: minilm or lexical"),
-            config: Optional[Path] = typer.Option(None, help="JSON/YAML file: method name -> its config overrides")):
+            config: Optional[Path] = typer.Option(None, help="JSON/YAML file: method name -> its config overrides"),
+            device: str = typer.Option("auto", help=DEVICE_HELP),
+            dtype: str = typer.Option("auto", help=DTYPE_HELP)):
     """Run several methods on the same sequence and print one side-by-side table."""
     from vlforget.configs import build_config, read_mapping
     from vlforget.methods import method_class
@@ -186,7 +208,9 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
     for name in names:
         cls = method_class(name)  # fail fast on a typo, before hours of running
         build_config(cls.config_class, per_method.get(name), where=f"{config} ({name})")
-    runs = {name: run_one(name, out / name, model, None, tasks, seed, None, limit, judge, overrides=per_method.get(name))
+    placement = _placement(device, dtype)
+    runs = {name: run_one(name, out / name, model, None, tasks, seed, None, limit, judge,
+                          overrides=per_method.get(name), placement=placement)
             for name in names}
     _finish(runs, {name: out / name for name in names}, out, "Comparison")
     from vlforget.evaluation.report import markdown_summary
@@ -215,7 +239,9 @@ def base_eval(model: Optional[str] = typer.Option(None, help="backbone checkpoin
               as_json: bool = typer.Option(False, "--json", help="print JSON"),
               seed: int = typer.Option(0, help="benchmark seed"),
               config: Optional[Path] = typer.Option(None, help="JSON/YAML file of benchmark config fields "
-                                                    "(e.g. n_general_test)")):
+                                                    "(e.g. n_general_test)"),
+              device: str = typer.Option("auto", help=DEVICE_HELP),
+              dtype: str = typer.Option("auto", help=DTYPE_HELP)):
     """Per-intent exact match and refusal rates of a model on the held-out general split."""
     from vlforget.configs import build_config
     from vlforget.data.benchmark import Benchmark, BenchmarkConfig
@@ -223,7 +249,7 @@ def base_eval(model: Optional[str] = typer.Option(None, help="backbone checkpoin
     from vlforget.models.evaluate import base_eval as evaluate
 
     bench = Benchmark(build_config(BenchmarkConfig, {"seed": seed, **_overrides(config)}, where=f"{config}"))
-    report = evaluate(Backbone.load(model), bench.general_test())
+    report = evaluate(Backbone.load(model, *_placement(device, dtype)), bench.general_test())
     if as_json:
         print(json.dumps(report, indent=1))
         return
@@ -252,7 +278,7 @@ def _load_image(path: Path):
 
 
 def load_run_state(run_dir: Path, step: Optional[int] = None, model: Optional[str] = None,
-                   overrides: Optional[dict] = None):
+                   overrides: Optional[dict] = None, placement: tuple = ("cpu", None)):
     """The method of a run, with its state after `step` (default: the last one)."""
     from vlforget.evaluation.runner import RESULTS_FILE, state_dir
     from vlforget.methods import make_method
@@ -266,7 +292,8 @@ def load_run_state(run_dir: Path, step: Optional[int] = None, model: Optional[st
     step = done if step is None else step
     if not 0 <= step <= done:
         raise ValueError(f"step {step} is not available in {run_dir}; it has steps 0..{done}")
-    method = make_method(results["method"], Backbone.load(model), {**results["config"], **(overrides or {})})
+    method = make_method(results["method"], Backbone.load(model, *placement),
+                         {**results["config"], **(overrides or {})})
     if step:
         method.load(state_dir(run_dir, step))
     return method, results
@@ -280,18 +307,21 @@ def chat(instruction: str = typer.Argument(..., help="the instruction, e.g. 'wha
          step: Optional[int] = typer.Option(None, help="with --state: the state after this step (0 = base)"),
          model: Optional[str] = typer.Option(None, help="backbone checkpoint folder"),
          config: Optional[Path] = typer.Option(None, help="with --state: JSON/YAML method config overrides "
-                                               "(e.g. CORE's threshold)")):
+                                               "(e.g. CORE's threshold)"),
+         device: str = typer.Option("auto", help=DEVICE_HELP),
+         dtype: str = typer.Option("auto", help=DTYPE_HELP)):
     """Answer one instruction about one image, with the base model or a run's state."""
     picture = _load_image(image)
     if config is not None and state is None:
         raise ValueError("--config needs --state (it overrides the run's method config)")
+    placement = _placement(device, dtype)
     if state is None:
         from vlforget.models.backbone import Backbone
 
-        answer = Backbone.load(model).generate([picture], [instruction])[0]
+        answer = Backbone.load(model, *placement).generate([picture], [instruction])[0]
         console.print(f"[dim](base model)[/] {answer}")
         return
-    method, results = load_run_state(state, step, model, _overrides(config))
+    method, results = load_run_state(state, step, model, _overrides(config), placement)
     applied = ", ".join(method.applied) or "none"
     console.print(f"[dim]({results['method']}, requests applied: {applied})[/]")
     console.print(method.generate([picture], [instruction])[0])

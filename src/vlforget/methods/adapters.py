@@ -13,7 +13,8 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-LANGUAGE_MODEL_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# The language model is `language_model` in LLaVA / LLaVA-NeXT / Qwen2-VL, `text_model` in Idefics3.
+LANGUAGE_MODEL_TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
 def add_lora(model: torch.nn.Module, rank: int, alpha: float, name: str = "default",

@@ -1,4 +1,7 @@
-"""`Backbone`: the built-in tiny LLaVA (or a saved copy) behind one small API.
+"""`Backbone`: the built-in tiny LLaVA (or a saved model of a supported family) behind one small API.
+
+The model class and where its vision tower, connector and language model live come
+from `families.FAMILIES`, keyed by the saved config's `model_type`.
 
 Prompt layout (format version 1), left-padded for training and generation alike:
 
@@ -21,6 +24,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
+
+from vlforget.models.families import family_of, model_class, resolve
 
 FORMAT_VERSION = 1
 META_FILE = "vlforget.json"
@@ -78,8 +83,96 @@ def assemble(instruction_ids: Sequence[Sequence[int]], target_ids: Sequence[Sequ
     return batch
 
 
+HALF = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, **HALF}
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"; a clear error otherwise."""
+    if device == "auto":  # under `accelerate launch` each process takes its own GPU (LOCAL_RANK)
+        import os
+
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu or auto)")
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device(device)
+    raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+
+
+def resolve_precision(dtype: str, device: torch.device) -> tuple[torch.dtype | str, str | None]:
+    """The dtype to load with, and a note when the request was changed.
+
+    "auto" is the checkpoint's own dtype on a GPU and float32 on CPU; half precision on
+    CPU falls back to float32 (CPU half-precision kernels are slow or missing for some ops).
+    """
+    if dtype != "auto" and dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
+    if device.type == "cpu":
+        note = f"note: --dtype {dtype} ignored on CPU; using float32" if dtype in HALF else None
+        return torch.float32, note
+    return ("auto" if dtype == "auto" else DTYPES[dtype]), None
+
+
+def local_model_folder(model: str | Path) -> Path:
+    """`model` as a folder: itself if it exists, else the local-cache snapshot of that hub id.
+
+    Never downloads: vlforget runs offline; weights must be fetched beforehand.
+    """
+    path = Path(model)
+    if path.exists():
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(model), local_files_only=True))
+    except HFValidationError:  # cannot be a hub id either
+        raise FileNotFoundError(f"model folder not found: {model}") from None
+    except LocalEntryNotFoundError:
+        raise FileNotFoundError(
+            f"{model!r} is not a folder, and the weights for hub id {model!r} are not in the local Hugging Face "
+            f"cache; download them first (e.g. `hf download {model}` where there is internet, then copy the "
+            f"cache here) or pass --model the folder holding config.json, the weights and the tokenizer") from None
+
+
+class PerImageConnector(torch.nn.Module):
+    """A per-image view of a connector the model does not call per image.
+
+    Input [B, T, D] (one row per image: every crop's or patch's connector input, in the
+    model's order), output [B, T', H]: the wrapped projector applied as the model applies
+    it. `rows` is how many rows of the model's own call one image takes: LLaVA-NeXT calls
+    [B * crops, P, D] (rows = crops), Qwen2-VL's merger [B * patches, D] (rows = patches,
+    `flat`). Holds the real projector as a submodule, so its parameters are shared and
+    `copy.deepcopy` copies them. `busy` is set while it runs the projector, so the routing
+    hook `Backbone` puts on the projector lets that inner call through.
+    """
+
+    def __init__(self, projector: torch.nn.Module, rows: int, flat: bool):
+        super().__init__()
+        self.projector = projector
+        self.rows = rows
+        self.flat = flat
+        self.busy = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        inner = x.reshape(b * self.rows, d) if self.flat else x.reshape(b * self.rows, n // self.rows, d)
+        self.busy = True
+        try:
+            out = self.projector(inner)
+        finally:
+            self.busy = False
+        return out.reshape(b, -1, out.shape[-1])
+
+
 class Backbone:
-    """A LLaVA model + tokenizer with batch building, generation and feature access."""
+    """A vision-language model of a supported family + tokenizer: batch building, generation, feature access."""
 
     def __init__(self, model, tokenizer, device: str | torch.device = "cpu", meta: dict | None = None):
         self.model = model
@@ -89,31 +182,51 @@ class Backbone:
             "format_version": FORMAT_VERSION,
             "prompt_layout": PROMPT_LAYOUT,
             "padding_side": "left",
-            "image_size": IMAGE_SIZE,
+            # a folder without vlforget.json (e.g. real weights): the vision tower's own input size
+            "image_size": int(getattr(getattr(model.config, "vision_config", None), "image_size", IMAGE_SIZE)),
             "pixel_mean": PIXEL_MEAN,
             "pixel_std": PIXEL_STD,
-            "n_image_tokens": int(model.config.image_seq_length),
+            "n_image_tokens": None,  # filled below unless the saved meta has it
             **(meta or {}),
         }
+        self._view = None  # per-image connector view (see `connector`), LLaVA-NeXT and Qwen2-VL
+        self._processor = None  # their transformers image processor, built on first use
         if self.meta["format_version"] != FORMAT_VERSION:
             raise ValueError(f"unsupported backbone format version {self.meta['format_version']} "
                              f"(this vlforget reads version {FORMAT_VERSION})")
+        missing = [name for name in ("bos_token", "eos_token", "sep_token", "pad_token")
+                   if getattr(tokenizer, f"{name}_id", None) is None]
+        if missing:  # real checkpoints' tokenizers often lack a sep (Qwen: a bos); fail here, not mid-batch
+            raise ValueError(f"the tokenizer has no {', '.join(missing)}; the prompt layout ({PROMPT_LAYOUT}) "
+                             "needs them: set them on the tokenizer and save the folder (see docs/models.md)")
         self.model.to(self.device)
+        if self.meta["n_image_tokens"] is None:
+            self.meta["n_image_tokens"] = (int(model.config.image_seq_length) if model.config.model_type == "llava"
+                                           else self._count_image_tokens())
+        if self.family.layout != "per_image":
+            self.connector  # noqa: B018 -- installs the per-image routing hook before any forward
 
     # -- loading / saving ----------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu", dtype=None) -> "Backbone":
-        """Load a saved backbone (None = the built-in model shipped with vlforget)."""
-        from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerFast
+        """Load a saved backbone (None = the built-in model shipped with vlforget).
+
+        `path`: a folder, or a Hugging Face hub id whose download is already in the local
+        cache (nothing is fetched). `dtype`: a torch dtype, "auto" (the checkpoint's own) or
+        None (float32). The model class comes from the saved config's `model_type` (see
+        `families.FAMILIES`); a family vlforget does not support is refused by name.
+        """
+        from transformers import AutoConfig, PreTrainedTokenizerFast
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a per-load tqdm bar would interleave with our own progress output
-        path = builtin_path() if path is None else Path(path)
+        path = builtin_path() if path is None else local_model_folder(path)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no model found in {path} (expected config.json, weights and tokenizer files)")
         meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).exists() else {}
         kwargs = {"dtype": dtype} if dtype is not None else {}
-        model = LlavaForConditionalGeneration.from_pretrained(path, **kwargs)
+        model_type = AutoConfig.from_pretrained(path).model_type
+        model = model_class(model_type).from_pretrained(path, **kwargs)
         model.eval()
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
         tokenizer.padding_side = "left"
@@ -128,24 +241,79 @@ class Backbone:
 
     # -- module access ---------------------------------------------------------------
     @property
+    def family(self):
+        return family_of(self.model.config.model_type)
+
+    @property
     def vision_encoder(self) -> torch.nn.Module:
-        return self.model.model.vision_tower
+        return resolve(self.model, self.family.vision)
 
     @property
     def connector(self) -> torch.nn.Module:
-        return self.model.model.multi_modal_projector
+        """The connector as methods see it: one call per batch, input [B, P, D] one row per image.
+
+        LLaVA: the projector itself. Families whose model calls it otherwise (layout
+        "anyres" / "flat") get a `PerImageConnector` view sharing the projector's
+        parameters (see `_per_image_view`)."""
+        projector = resolve(self.model, self.family.connector)
+        return projector if self.family.layout == "per_image" else self._per_image_view(projector)
 
     @property
     def language_model(self) -> torch.nn.Module:
-        return self.model.model.language_model
+        return resolve(self.model, self.family.language)
 
     @property
     def connector_path(self) -> str:
         """Dotted name of the projector inside `.model` (for peft targets or hooks)."""
+        projector = resolve(self.model, self.family.connector)
         for name, module in self.model.named_modules():
-            if module is self.connector:
+            if module is projector:
                 return name
         raise RuntimeError("projector not found among the model's modules")
+
+    def _per_image_view(self, projector: torch.nn.Module) -> PerImageConnector:
+        """The per-image view, and (once) a hook routing the model's own call through it.
+
+        The hook reshapes the model's call ([B * crops, P, D] or [B * patches, D]) to
+        [B, T, D], runs the view (so hooks that methods put on the view see one row per
+        image and can replace rows) and returns its output in the model's shape. The
+        projector thus runs twice per forward (the first output is discarded): cheap next
+        to the vision tower and the LM, and it keeps the checkpoint's module names intact
+        (wrapping the projector in place would rename its weights). Copies of the projector
+        (refuser pools, EProj) carry the hook function along but it ignores them.
+        """
+        if self._view is not None and self._view.projector is projector:
+            return self._view
+        rows = self._rows_per_image()
+        view = PerImageConnector(projector, rows, flat=self.family.layout == "flat")
+
+        def route(module, args, output, view=view):
+            if module is not view.projector or view.busy:
+                return None
+            x = args[0]
+            out = view(x.reshape(x.shape[0] // view.rows, -1, x.shape[-1]))
+            return out.reshape(output.shape)
+
+        projector.register_forward_hook(route)
+        self._view = view
+        return view
+
+    def _rows_per_image(self) -> int:
+        """Rows of the model's connector call per image at the fixed size (crops or patches)."""
+        size = int(self.meta["image_size"])
+        inputs = self._image_inputs([Image.new("RGB", (size, size))])
+        return int(inputs["pixel_values"].shape[1 if self.family.layout == "anyres" else 0])
+
+    @torch.no_grad()
+    def _count_image_tokens(self) -> int:
+        """Image placeholder tokens per image at the fixed image size (one dummy image through the model)."""
+        size = int(self.meta["image_size"])
+        inputs = self._image_inputs([Image.new("RGB", (size, size))])
+        out = self.model.model.get_image_features(**inputs)
+        features = out.pooler_output if hasattr(out, "pooler_output") else out
+        if isinstance(features, (list, tuple)):  # LLaVA-NeXT, Qwen2-VL, Idefics3: one tensor per image
+            return int(sum(f.shape[0] for f in features))
+        return int(features.shape[-2])
 
     @property
     def n_image_tokens(self) -> int:
@@ -153,8 +321,54 @@ class Backbone:
 
     # -- inputs ----------------------------------------------------------------------
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        pixels = images_to_pixels(images, self.meta["image_size"], self.meta["pixel_mean"], self.meta["pixel_std"])
-        return pixels.to(self.device, dtype=self.model.dtype)
+        """Normalised pixels at the fixed size S: [B, 3, S, S]; Idefics3 [B, 1, 3, S, S];
+        LLaVA-NeXT [B, crops, 3, V, V]; Qwen2-VL [B * patches, 3 * 2 * p * p] (flattened temporal patches)."""
+        return self._image_inputs(images)["pixel_values"]
+
+    def _image_inputs(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        """The model's image inputs: `pixel_values`, plus `image_sizes` (LLaVA-NeXT) or
+        `image_grid_thw` (Qwen2-VL). Every image is first resized to the fixed size, so all
+        images give the same number of image tokens (the prompt layout relies on it)."""
+        size = int(self.meta["image_size"])
+        if self.family.layout == "per_image":
+            pixels = images_to_pixels(images, size, self.meta["pixel_mean"], self.meta["pixel_std"])
+            if self.family.stacked:  # one image per sample; Idefics3 then takes every pixel as real
+                pixels = pixels[:, None]
+            return {"pixel_values": pixels.to(self.device, dtype=self.model.dtype)}
+        resized = [im.convert("RGB") for im in images]
+        resized = [im if im.size == (size, size) else im.resize((size, size), Image.BILINEAR) for im in resized]
+        out = self._image_processor()(resized, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in out.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return inputs
+
+    def _image_processor(self):
+        """transformers' own (PIL) image processor of the family, built once: it cuts
+        LLaVA-NeXT's base image + anyres tiles and Qwen2-VL's patches exactly as the model expects."""
+        if self._processor is not None:
+            return self._processor
+        cfg, vision = self.model.config, self.model.config.vision_config
+        norm = {"image_mean": [self.meta["pixel_mean"]] * 3, "image_std": [self.meta["pixel_std"]] * 3,
+                "resample": Image.BILINEAR}
+        if self.family.layout == "anyres":
+            from transformers import LlavaNextImageProcessorPil
+
+            side = vision.image_size
+            self._processor = LlavaNextImageProcessorPil(
+                size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                image_grid_pinpoints=cfg.image_grid_pinpoints, **norm)
+        elif self.family.layout == "flat":
+            from transformers import Qwen2VLImageProcessorPil
+
+            size, factor = int(self.meta["image_size"]), vision.patch_size * vision.spatial_merge_size
+            # min/max pixels chosen so the fixed-size image keeps its size (rounded to the patch grid)
+            self._processor = Qwen2VLImageProcessorPil(
+                size={"shortest_edge": factor * factor, "longest_edge": max(size * size, factor * factor)},
+                patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
+                temporal_patch_size=vision.temporal_patch_size, **norm)
+        else:
+            raise ValueError(f"no image processor for layout {self.family.layout!r}")
+        return self._processor
 
     def encode_text(self, texts: Sequence[str]) -> list[list[int]]:
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
@@ -173,7 +387,9 @@ class Backbone:
         batch = assemble(self.encode_text(instructions), None if targets is None else self.encode_text(targets),
                          **self._special())
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        batch["pixel_values"] = self.pixel_values(images)
+        batch.update(self._image_inputs(images))
+        if self.family.layout == "flat":  # Qwen2-VL's multimodal RoPE finds image tokens through these
+            batch["mm_token_type_ids"] = (batch["input_ids"] == self.model.config.image_token_id).int()
         return batch
 
     # -- outputs ---------------------------------------------------------------------
@@ -212,14 +428,35 @@ class Backbone:
         return (logp * mask).sum(-1)
 
     def vision_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """[B, n_image_tokens, vision_hidden]: the vision tower output fed to the connector."""
+        """[B, P, vision_hidden]: the vision tower output fed to the connector, one row per image.
+
+        P = n_image_tokens for LLaVA; LLaVA-NeXT: crops x patches (the model then packs the
+        connector output and adds row-end embeddings); Qwen2-VL: patches before the 2x2 merge
+        (Qwen2.5-VL: in its window-attention order, as the merger receives them); Idefics3:
+        patches before the connector's pixel shuffle."""
         cfg = self.model.config
-        out = self.vision_encoder(self.pixel_values(images), output_hidden_states=True)
+        inputs = self._image_inputs(images)
+        if self.family.layout == "flat":
+            view = self.connector
+            view.busy = True  # the tower ends with the merger: run it plainly, no method hooks
+            try:
+                out = self.vision_encoder(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+            finally:
+                view.busy = False
+            return out.last_hidden_state.reshape(len(images), -1, out.last_hidden_state.shape[-1])
+        pixels = inputs["pixel_values"]
+        if self.family.layout == "anyres" or self.family.stacked:
+            pixels = pixels.flatten(0, 1)
+        if not hasattr(cfg, "vision_feature_layer"):  # Idefics3: the connector reads the last layer
+            return self.vision_encoder(pixel_values=pixels).last_hidden_state
+        out = self.vision_encoder(pixels, output_hidden_states=True)
         features = out.hidden_states[cfg.vision_feature_layer]
         if cfg.vision_feature_select_strategy == "default":
             features = features[:, 1:]
+        if self.family.layout == "anyres":  # [B * crops, P, D] -> [B, crops * P, D], the per-image connector input
+            features = features.reshape(len(images), -1, features.shape[-1])
         return features
 
     def image_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """[B, n_image_tokens, text_hidden]: connector output (what the language model sees)."""
+        """[B, P, text_hidden]: connector output (what the language model reads, before LLaVA-NeXT's packing)."""
         return self.connector(self.vision_features(images))

@@ -1,0 +1,275 @@
+"""Every supported model family through `Backbone` and the methods, on tiny random-init models.
+
+Each family's model is built from its real transformers config class and saved to a
+folder, then loaded with `Backbone.load(folder)`: the same transformers model class and
+code path a user with real weights runs. Random weights answer nonsense, so these tests
+check plumbing (shapes, the connector the methods hook, training, save/load), not
+forgetting quality (tests/test_methods.py does that on the built-in trained model).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlforget.data.benchmark import Benchmark, BenchmarkConfig
+from vlforget.methods import make_method
+from vlforget.models.backbone import Backbone
+from vlforget.models.families import FAMILIES, family_of, supported_families
+from vlforget.models.tiny_families import CONFIGS, save_family
+
+TESTED = supported_families()
+
+# Tiny budgets: every method trains a few steps on two requests.
+FAST = {
+    "core": {"steps": 8, "batch_size": 8, "pool_size": 4, "router_steps": 10, "modulator_steps": 20,
+             "text_tuning_steps": 20, "prototypes": 2},
+    "idknll": {"steps": 4},
+    "eproj": {"steps": 4},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    return {name: save_family(name, root / name) for name in TESTED}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_scorers(folders):
+    """CORE trains a concept scorer (about a minute) for a vision tower it has no shipped
+    weights for, as it would for a user's model; here a few steps on few images suffice."""
+    from vlforget.methods.core import scorer
+
+    added = []
+    for folder in folders.values():
+        backbone = Backbone.load(folder)
+        key = scorer.vision_fingerprint(backbone)
+        if key not in scorer._LOADED:
+            small = scorer.train_scorer(backbone, n_images=48, steps=10, batch=32, n_phrases=200)
+            for param in small.parameters():
+                param.requires_grad_(False)
+            scorer._LOADED[key] = small
+            added.append(key)
+    yield
+    for key in added:
+        scorer._LOADED.pop(key, None)
+
+
+@pytest.fixture(scope="module")
+def requests():
+    bench = Benchmark(BenchmarkConfig(seed=3, n_forget_train=8, n_forget_test=4, n_retain_train=8,
+                                      n_retain_test=4, n_utility=8))
+    by_name = {r.name: r for r in bench.requests()}
+    return [by_name["star-identity"], by_name["red-count"]]
+
+
+def _probe(requests):
+    return [s for r in requests for s in (*r.forget_test, *r.retain_test)]
+
+
+def _answers(method, samples):
+    return method.generate([s.image for s in samples], [s.instruction for s in samples], max_new_tokens=6)
+
+
+def test_every_tested_family_has_a_tiny_config():
+    assert set(TESTED) <= set(CONFIGS)
+    assert {"llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3"} <= set(TESTED)
+
+
+def test_unknown_or_unsupported_family_is_refused_by_name(tmp_path, monkeypatch):
+    from vlforget.models import families
+
+    with pytest.raises(ValueError, match="unsupported model family 'bert'"):
+        family_of("bert")
+    # a family listed in the table but not (yet) supported: a clear error on load, before any weights
+    monkeypatch.setitem(families.FAMILIES, "paligemma", families.Family(
+        "paligemma", "PaliGemmaForConditionalGeneration", "model.vision_tower", "model.multi_modal_projector",
+        "model.language_model"))
+    (tmp_path / "config.json").write_text('{"model_type": "paligemma"}')
+    with pytest.raises(ValueError, match="family 'paligemma' .*is not supported yet; vlforget supports: idefics3"):
+        Backbone.load(tmp_path)
+
+
+def test_tokenizer_without_the_layout_tokens_is_refused(folders):
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folders["llava"])
+    tokenizer.sep_token = None
+    with pytest.raises(ValueError, match="the tokenizer has no sep_token"):
+        Backbone(Backbone.load(folders["llava"]).model, tokenizer)
+
+
+@pytest.mark.parametrize("family", TESTED)
+def test_load_generate_and_save_round_trip(family, folders, requests, tmp_path):
+    backbone = Backbone.load(folders[family])
+    assert type(backbone.model).__name__ == FAMILIES[family].class_name
+    samples = _probe(requests)[:4]
+    images, instructions = [s.image for s in samples], [s.instruction for s in samples]
+    answers = backbone.generate(images, instructions, max_new_tokens=6)
+    assert len(answers) == 4 and all(isinstance(a, str) for a in answers)
+    batch = backbone.build_batch(images, instructions, [s.answer for s in samples])
+    assert (batch["input_ids"] == backbone.model.config.image_token_id).sum(1).eq(backbone.n_image_tokens).all()
+    assert torch.isfinite(backbone.model(**batch).loss)
+    backbone.save(tmp_path / "copy")
+    again = Backbone.load(tmp_path / "copy")
+    assert again.n_image_tokens == backbone.n_image_tokens
+    assert again.generate(images, instructions, max_new_tokens=6) == answers
+
+
+@pytest.mark.parametrize("family", TESTED)
+def test_connector_hook_sees_one_row_per_image_and_steers_the_model(family, folders, requests):
+    """What methods rely on: a hook on `backbone.connector` runs once per forward with
+    [B, tokens, D] = `vision_features`, and the output it returns is what the LM reads."""
+    backbone = Backbone.load(folders[family])
+    samples = _probe(requests)[:3]
+    images, instructions = [s.image for s in samples], [s.instruction for s in samples]
+    batch = backbone.build_batch(images, instructions, [s.answer for s in samples])
+    seen = []
+
+    def spy(module, args, output):
+        seen.append((args[0].detach(), output.detach()))
+
+    def zero(module, args, output):
+        return torch.zeros_like(output)
+
+    with torch.no_grad():
+        base = backbone.model(**batch).logits
+        handle = backbone.connector.register_forward_hook(spy)
+        try:
+            assert torch.equal(backbone.model(**batch).logits, base)  # a passive hook changes nothing
+        finally:
+            handle.remove()
+        assert len(seen) == 1
+        x, out = seen[0]
+        assert x.shape[0] == out.shape[0] == 3
+        assert torch.allclose(x, backbone.vision_features(images), atol=1e-5)
+        handle = backbone.connector.register_forward_hook(spy)
+        try:
+            direct = backbone.image_features(images)
+        finally:
+            handle.remove()
+        assert len(seen) == 2  # a direct call also runs the hook exactly once
+        assert torch.allclose(out, direct, atol=1e-5)
+        handle = backbone.connector.register_forward_hook(zero)
+        try:
+            steered = backbone.model(**batch).logits
+        finally:
+            handle.remove()
+        assert not torch.allclose(steered, base)
+        assert torch.equal(backbone.model(**batch).logits, base)  # hook removed, original back
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+@pytest.mark.parametrize("family", TESTED)
+def test_method_trains_and_round_trips(family, name, folders, requests, tmp_path):
+    method = make_method(name, Backbone.load(folders[family]), FAST[name])
+    forget = [s for r in requests for s in r.forget_test]
+    before = _answers(method, forget)
+    for request in requests:
+        method.unlearn(request)
+    assert method.applied == [r.name for r in requests]
+    # the method's hooks/adapters reach the model: some forget answers change (random weights,
+    # so no claim about refusing; that is tests/test_methods.py's job on the trained model)
+    assert _answers(method, forget) != before
+    probe = _probe(requests)
+    answers = _answers(method, probe)
+    method.save(tmp_path / "state")
+    fresh = make_method(name, Backbone.load(folders[family]), FAST[name])
+    fresh.load(tmp_path / "state")
+    assert fresh.applied == method.applied
+    assert _answers(fresh, probe) == answers
+    mine, theirs = method.state_tensors(), fresh.state_tensors()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+# ----------------------------------------------------------------- CLI: --model, --device, --dtype
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from vlforget.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _image(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "red.png"
+    Image.new("RGB", (48, 48), "red").save(path)
+    return path
+
+
+def test_precision_and_device_resolution():
+    from vlforget.models.backbone import resolve_device, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_device("cpu") == cpu
+    assert resolve_precision("float16", cpu) == (torch.float32, "note: --dtype float16 ignored on CPU; using float32")
+    assert resolve_precision("bfloat16", cpu)[0] == torch.float32
+    assert resolve_precision("auto", cpu) == (torch.float32, None)
+    assert resolve_precision("float32", cpu) == (torch.float32, None)
+    assert resolve_precision("auto", torch.device("cuda")) == ("auto", None)
+    assert resolve_precision("bfloat16", torch.device("cuda")) == (torch.bfloat16, None)
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+        resolve_precision("float8", cpu)
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+
+
+def test_cli_half_precision_on_cpu_falls_back_with_one_note(folders, tmp_path):
+    config = tmp_path / "bench.json"
+    config.write_text('{"n_general_test": 4}')
+    result = _cli("base-eval", "--model", folders["llava_next"], "--device", "cpu", "--dtype", "float16",
+                  "--config", config, "--json")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("ignored on CPU; using float32") == 1
+    result = _cli("chat", "--model", folders["llava"], "--device", "cpu", "--dtype", "bfloat16",
+                  "--image", _image(tmp_path), "what colour is the background?")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("note:") == 1 and "(base model)" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cli_cuda_without_a_gpu_is_one_clear_line(tmp_path):
+    result = _cli("chat", "--device", "cuda:1", "--image", _image(tmp_path), "what is it?")
+    assert result.exit_code == 2
+    assert "CUDA is not available" in result.output and "Traceback" not in result.output
+
+
+def test_cli_hub_id_missing_from_the_cache_is_one_clear_line(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    result = _cli("chat", "--model", "someone/llava-next-7b", "--image", _image(tmp_path), "what is it?")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert "weights for hub id 'someone/llava-next-7b' are not in the local Hugging Face cache" in result.output
+    result = _cli("chat", "--model", tmp_path / "no-such-folder", "--image", _image(tmp_path), "what is it?")
+    assert result.exit_code == 2 and "model folder not found" in result.output
+
+
+def test_cli_hub_id_found_in_the_local_cache(folders, tmp_path, monkeypatch):
+    """A hub id whose download is in the cache loads from there (no network)."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--someone--tiny-llava-next"
+    shutil.copytree(folders["llava_next"], repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    assert Backbone.load("someone/tiny-llava-next").family.model_type == "llava_next"
+    result = _cli("chat", "--model", "someone/tiny-llava-next", "--image", _image(tmp_path), "what is it?")
+    assert result.exit_code == 0, result.output
+    assert "(base model)" in result.output

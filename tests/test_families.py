@@ -99,13 +99,103 @@ def test_unknown_or_unsupported_family_is_refused_by_name(tmp_path, monkeypatch)
         Backbone.load(tmp_path)
 
 
-def test_tokenizer_without_the_layout_tokens_is_refused(folders):
+def test_builtin_template_needs_a_sep_token(folders):
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folders["llava"])
     tokenizer.sep_token = None
-    with pytest.raises(ValueError, match="the tokenizer has no sep_token"):
+    with pytest.raises(ValueError, match="uses {sep} but the tokenizer has no sep token"):
         Backbone(Backbone.load(folders["llava"]).model, tokenizer)
+
+
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+
+
+def _as_real_checkpoint(family: str, folder):
+    """A tiny model saved the way a hub checkpoint is: no vlforget.json, a tokenizer with no
+    sep token but with the family's chat markers, and a per-channel preprocessor_config.json."""
+    import json
+    import re
+
+    from vlforget.models.prompt import FAMILY_TEMPLATES
+    from vlforget.models.tiny_families import build_family
+
+    backbone = build_family(family)
+    tokenizer, model = backbone.tokenizer, backbone.model
+    markers = sorted(set(re.findall(r"<\|?[A-Za-z_][\w\-]*\|?>", FAMILY_TEMPLATES[family])))
+    tokenizer.add_special_tokens({"additional_special_tokens": markers})
+    tokenizer.sep_token = None
+    if family.startswith("qwen"):  # Qwen's tokenizers have no bos
+        tokenizer.bos_token = None
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": CLIP_MEAN, "image_std": CLIP_STD}))
+    return folder, markers
+
+
+@pytest.mark.parametrize("family", TESTED)
+def test_checkpoint_without_vlforget_json_gets_its_family_chat_format(family, requests, tmp_path):
+    from PIL import Image
+
+    from vlforget.models.prompt import FAMILY_TEMPLATES
+
+    folder, markers = _as_real_checkpoint(family, tmp_path / "ckpt")
+    backbone = Backbone.load(folder)
+    tok = backbone.tokenizer
+    assert backbone.meta["prompt_template"] == FAMILY_TEMPLATES[family]
+    assert backbone.meta["pixel_mean"] == CLIP_MEAN and backbone.meta["pixel_std"] == CLIP_STD
+    # the checkpoint's own per-channel normalisation: a solid colour gives exactly three values
+    size = backbone.meta["image_size"]
+    assert size == (FAMILIES[family].image_size or backbone.model.config.vision_config.image_size)
+    pixels = backbone.pixel_values([Image.new("RGB", (size, size), (255, 128, 0))]).float()
+    expected = sorted((v / 255 - m) / s for v, m, s in zip((255, 128, 0), CLIP_MEAN, CLIP_STD))
+    assert torch.allclose(torch.unique(pixels), torch.tensor(expected), atol=1e-5)
+
+    samples = _probe(requests)[:2]
+    images, instructions = [s.image for s in samples], [s.instruction for s in samples]
+    batch = backbone.build_batch(images, instructions, [s.answer for s in samples])
+    for row, labels, mask, instruction, answer in zip(batch["input_ids"], batch["labels"], batch["attention_mask"],
+                                                      instructions, [s.answer for s in samples]):
+        ids = row[mask.bool()].tolist()
+        image = [i for i, t in enumerate(ids) if t == backbone.model.config.image_token_id]
+        assert len(image) == backbone.n_image_tokens and image == list(range(image[0], image[-1] + 1))
+        marker_ids = [tok.convert_tokens_to_ids(m) for m in markers]
+        assert all(m in ids for m in marker_ids)  # every chat marker is one token of the prompt
+        assert (ids[0] == tok.bos_token_id) == (tok.bos_token_id is not None)
+        instr = tok(instruction, add_special_tokens=False)["input_ids"]
+        assert any(ids[i:i + len(instr)] == instr for i in range(len(ids)))
+        kept = row[labels != -100].tolist()
+        assert kept == tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert torch.isfinite(backbone.model(**batch).loss)
+    answers = backbone.generate(images, instructions, max_new_tokens=4)
+    backbone.save(tmp_path / "copy")  # the template and normalisation now travel in vlforget.json
+    again = Backbone.load(tmp_path / "copy")
+    assert again.meta["prompt_template"] == FAMILY_TEMPLATES[family] and again.meta["pixel_std"] == CLIP_STD
+    assert again.generate(images, instructions, max_new_tokens=4) == answers
+
+
+def test_a_method_trains_on_a_chat_format_checkpoint(requests, tmp_path):
+    folder, _ = _as_real_checkpoint("llava", tmp_path / "ckpt")
+    method = make_method("idknll", Backbone.load(folder), FAST["idknll"])
+    forget = requests[0].forget_test
+    before = _answers(method, forget)
+    method.unlearn(requests[0])
+    assert method.applied == [requests[0].name] and _answers(method, forget) != before
+
+
+def test_bad_prompt_templates_are_refused_by_name(folders):
+    from vlforget.models.prompt import PromptTemplate
+
+    tok = Backbone.load(folders["llava"]).tokenizer
+    with pytest.raises(ValueError, match="must contain {image} and {instruction} exactly once"):
+        PromptTemplate("{bos}{instruction}", tok, 4, 9)
+    with pytest.raises(ValueError, match="unknown slot"):
+        PromptTemplate("{bos}{question}{instruction}{image}", tok, 4, 9)
+    with pytest.raises(ValueError, match="marker '<\\|im_start\\|>' is not one token of this tokenizer"):
+        PromptTemplate("<|im_start|>{instruction}{image}", tok, 4, 9)
+    compiled = PromptTemplate("{bos}{instruction}{image}{sep}", tok, 4, 3)
+    assert compiled.ids([10, 11]) == [tok.bos_token_id, 10, 11, 4, 4, 4, tok.sep_token_id]
 
 
 @pytest.mark.parametrize("family", TESTED)

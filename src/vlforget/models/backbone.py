@@ -3,15 +3,18 @@
 The model class and where its vision tower, connector and language model live come
 from `families.FAMILIES`, keyed by the saved config's `model_type`.
 
-Prompt layout (format version 1), left-padded for training and generation alike:
+Sequences are `<pad>... prompt answer </s>`, left-padded for training and generation
+alike; the prompt comes from a `prompt.PromptTemplate`. The built-in model's template
+(`prompt.BUILTIN`) is
 
-    <pad>... <s> instruction words <image> x n_image_tokens <sep> answer words </s>
+    <s> instruction words <image> x n_image_tokens <sep>
 
-The question comes *before* the image tokens so the causal language model reads the
-image knowing what to look for. `labels` are -100 everywhere except the answer
-tokens and the final `</s>`, so `model(**batch).loss` is the answer's mean NLL.
-The language model uses rotary position embeddings (relative), so the left padding
-offset does not change what a sequence computes.
+(the question comes *before* the image tokens so the causal language model reads the
+image knowing what to look for); a real checkpoint loaded without a `vlforget.json`
+gets its family's chat format (`prompt.FAMILY_TEMPLATES`). `labels` are -100 everywhere
+except the answer tokens and the final `</s>`, so `model(**batch).loss` is the answer's
+mean NLL. The language models use rotary position embeddings (relative), so the left
+padding offset does not change what a sequence computes.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ import torch
 from PIL import Image
 
 from vlforget.models.families import family_of, model_class, resolve
+from vlforget.models.prompt import BUILTIN, FAMILY_TEMPLATES, PromptTemplate
 
 FORMAT_VERSION = 1
 META_FILE = "vlforget.json"
-PROMPT_LAYOUT = "bos instruction image* sep answer eos"
 IMAGE_SIZE = 48
 PIXEL_MEAN = 0.5
 PIXEL_STD = 0.25
+Norm = float | Sequence[float]  # one value for all channels, or per RGB channel
 
 
 def builtin_path() -> Path:
@@ -41,7 +45,7 @@ def builtin_path() -> Path:
 
 
 def images_to_pixels(images: Sequence[Image.Image], image_size: int = IMAGE_SIZE,
-                     mean: float = PIXEL_MEAN, std: float = PIXEL_STD) -> torch.Tensor:
+                     mean: Norm = PIXEL_MEAN, std: Norm = PIXEL_STD) -> torch.Tensor:
     """[B, 3, H, W] float tensor: RGB scaled to [0, 1], then (x - mean) / std."""
     arrays = []
     for image in images:
@@ -52,16 +56,23 @@ def images_to_pixels(images: Sequence[Image.Image], image_size: int = IMAGE_SIZE
     return normalise_uint8(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), mean, std)
 
 
-def normalise_uint8(pixels: torch.Tensor, mean: float = PIXEL_MEAN, std: float = PIXEL_STD) -> torch.Tensor:
-    return (pixels.float() / 255.0 - mean) / std
+def normalise_uint8(pixels: torch.Tensor, mean: Norm = PIXEL_MEAN, std: Norm = PIXEL_STD) -> torch.Tensor:
+    """[B, 3, H, W] uint8 -> float (x / 255 - mean) / std, per channel when mean / std are lists."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
+    return (pixels.float() / 255.0 - mean_t) / std_t
 
 
-def assemble(instruction_ids: Sequence[Sequence[int]], target_ids: Sequence[Sequence[int]] | None, *,
-             bos: int, eos: int, sep: int, pad: int, image: int, n_image_tokens: int) -> dict[str, torch.Tensor]:
-    """Left-padded input_ids / attention_mask (and labels when targets are given)."""
+def _three(value: Norm) -> list[float]:
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * 3
+
+
+def assemble(prompt_ids: Sequence[Sequence[int]], target_ids: Sequence[Sequence[int]] | None, *,
+             eos: int, pad: int) -> dict[str, torch.Tensor]:
+    """Left-padded input_ids / attention_mask (and labels when targets are given): prompt + target + eos."""
     rows, labels = [], []
-    for i, ids in enumerate(instruction_ids):
-        prompt = [bos, *ids, *([image] * n_image_tokens), sep]
+    for i, prompt in enumerate(prompt_ids):
+        prompt = list(prompt)
         if target_ids is None:
             rows.append(prompt)
         else:
@@ -141,6 +152,22 @@ def local_model_folder(model: str | Path) -> Path:
             f"cache here) or pass --model the folder holding config.json, the weights and the tokenizer") from None
 
 
+def checkpoint_meta(path: Path, model_type: str) -> dict:
+    """Settings for a folder without vlforget.json (e.g. a real checkpoint): its family's chat
+    format and fixed image size, and the per-channel pixel normalisation of its
+    `preprocessor_config.json`."""
+    family = family_of(model_type)  # an unsupported family is refused by name here, before any weights
+    meta: dict = {"prompt_template": FAMILY_TEMPLATES[model_type]}
+    if family.image_size:  # a tower that takes any size (Qwen2-VL): the family's fixed size
+        meta["image_size"] = family.image_size
+    processor_file = path / "preprocessor_config.json"
+    if processor_file.exists():
+        processor = json.loads(processor_file.read_text())
+        if "image_mean" in processor and "image_std" in processor:
+            meta["pixel_mean"], meta["pixel_std"] = _three(processor["image_mean"]), _three(processor["image_std"])
+    return meta
+
+
 class PerImageConnector(torch.nn.Module):
     """A per-image view of a connector the model does not call per image.
 
@@ -180,10 +207,12 @@ class Backbone:
         self.device = torch.device(device)
         self.meta = {
             "format_version": FORMAT_VERSION,
-            "prompt_layout": PROMPT_LAYOUT,
+            # models vlforget builds use the built-in layout; `load` gives a folder without
+            # vlforget.json (real weights) its family's chat format
+            "prompt_template": BUILTIN,
             "padding_side": "left",
-            # a folder without vlforget.json (e.g. real weights): the vision tower's own input size
-            "image_size": int(getattr(getattr(model.config, "vision_config", None), "image_size", IMAGE_SIZE)),
+            # unless set (vlforget.json, `checkpoint_meta`): the vision tower's own input size
+            "image_size": int(getattr(model.config.vision_config, "image_size", IMAGE_SIZE)),
             "pixel_mean": PIXEL_MEAN,
             "pixel_std": PIXEL_STD,
             "n_image_tokens": None,  # filled below unless the saved meta has it
@@ -194,15 +223,17 @@ class Backbone:
         if self.meta["format_version"] != FORMAT_VERSION:
             raise ValueError(f"unsupported backbone format version {self.meta['format_version']} "
                              f"(this vlforget reads version {FORMAT_VERSION})")
-        missing = [name for name in ("bos_token", "eos_token", "sep_token", "pad_token")
-                   if getattr(tokenizer, f"{name}_id", None) is None]
-        if missing:  # real checkpoints' tokenizers often lack a sep (Qwen: a bos); fail here, not mid-batch
-            raise ValueError(f"the tokenizer has no {', '.join(missing)}; the prompt layout ({PROMPT_LAYOUT}) "
-                             "needs them: set them on the tokenizer and save the folder (see docs/models.md)")
+        if tokenizer.eos_token_id is None:  # every answer ends with it; fail here, not mid-batch
+            raise ValueError("the tokenizer has no eos_token; every answer ends with one (see docs/models.md)")
+        if tokenizer.pad_token_id is None:  # left padding is masked out, so any token will do
+            tokenizer.pad_token = tokenizer.eos_token
         self.model.to(self.device)
         if self.meta["n_image_tokens"] is None:
             self.meta["n_image_tokens"] = (int(model.config.image_seq_length) if model.config.model_type == "llava"
                                            else self._count_image_tokens())
+        # compiled now, so a template the tokenizer cannot express fails at load, not mid-run
+        self.prompt = PromptTemplate(self.meta["prompt_template"], tokenizer, model.config.image_token_id,
+                                     self.n_image_tokens)
         if self.family.layout != "per_image":
             self.connector  # noqa: B018 -- installs the per-image routing hook before any forward
 
@@ -223,9 +254,10 @@ class Backbone:
         path = builtin_path() if path is None else local_model_folder(path)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no model found in {path} (expected config.json, weights and tokenizer files)")
-        meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).exists() else {}
-        kwargs = {"dtype": dtype} if dtype is not None else {}
         model_type = AutoConfig.from_pretrained(path).model_type
+        meta = (json.loads((path / META_FILE).read_text()) if (path / META_FILE).exists()
+                else checkpoint_meta(path, model_type))
+        kwargs = {"dtype": dtype} if dtype is not None else {}
         model = model_class(model_type).from_pretrained(path, **kwargs)
         model.eval()
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
@@ -233,6 +265,7 @@ class Backbone:
         return cls(model, tokenizer, device, meta)
 
     def save(self, path: str | Path) -> None:
+        """The model, tokenizer and `vlforget.json` (prompt template, image size, normalisation)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path, safe_serialization=True)
@@ -348,7 +381,7 @@ class Backbone:
         if self._processor is not None:
             return self._processor
         cfg, vision = self.model.config, self.model.config.vision_config
-        norm = {"image_mean": [self.meta["pixel_mean"]] * 3, "image_std": [self.meta["pixel_std"]] * 3,
+        norm = {"image_mean": _three(self.meta["pixel_mean"]), "image_std": _three(self.meta["pixel_std"]),
                 "resample": Image.BILINEAR}
         if self.family.layout == "anyres":
             from transformers import LlavaNextImageProcessorPil
@@ -373,19 +406,19 @@ class Backbone:
     def encode_text(self, texts: Sequence[str]) -> list[list[int]]:
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
-    def _special(self) -> dict[str, int]:
-        tok = self.tokenizer
-        return {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "sep": tok.sep_token_id,
-                "pad": tok.pad_token_id, "image": self.model.config.image_token_id,
-                "n_image_tokens": self.n_image_tokens}
+    def assemble(self, instruction_ids: Sequence[Sequence[int]],
+                 target_ids: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
+        """Token tensors (CPU) for encoded instructions (and targets): the prompt template + answer + eos."""
+        return assemble([self.prompt.ids(ids) for ids in instruction_ids], target_ids,
+                        eos=self.tokenizer.eos_token_id, pad=self.tokenizer.pad_token_id)
 
     def build_batch(self, images: Sequence[Image.Image], instructions: Sequence[str],
                     targets: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Tensors for `model(**batch)`; with `targets`, `labels` mark the answer + eos only."""
         if len(images) != len(instructions) or (targets is not None and len(targets) != len(images)):
             raise ValueError("images, instructions (and targets) must have the same length")
-        batch = assemble(self.encode_text(instructions), None if targets is None else self.encode_text(targets),
-                         **self._special())
+        batch = self.assemble(self.encode_text(instructions),
+                              None if targets is None else self.encode_text(targets))
         batch = {k: v.to(self.device) for k, v in batch.items()}
         batch.update(self._image_inputs(images))
         if self.family.layout == "flat":  # Qwen2-VL's multimodal RoPE finds image tokens through these

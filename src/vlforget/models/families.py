@@ -12,6 +12,8 @@ transformers 5.x source (`models/<family>/modeling_<family>.py`).
   "anyres":    [B * crops, P, D], base image + tiles per image (LLaVA-NeXT);
   "flat":      [sum of patches, D], every image's patches concatenated (Qwen2-VL's merger).
 `stacked`: `pixel_values` carry an images-per-sample axis, [B, 1, 3, S, S] (Idefics3).
+`image_size`: the fixed input size of a checkpoint loaded without a `vlforget.json`
+when its vision config names none (Qwen2-VL takes any size: 448 px = 256 image tokens).
 `supported`: exercised end to end by tests/test_families.py (load, generate, methods,
 save/load) on a tiny random-init model of the family. Loading a family that is in the
 table but not supported raises a clear error naming it (no silent half-working path).
@@ -33,6 +35,7 @@ class Family:
     language: str
     layout: str = "per_image"
     stacked: bool = False
+    image_size: int | None = None
     supported: bool = False
 
 
@@ -43,9 +46,11 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            "model.vision_tower", "model.multi_modal_projector", "model.language_model", layout="anyres",
            supported=True),
     Family("qwen2_vl", "Qwen2VLForConditionalGeneration",
-           "model.visual", "model.visual.merger", "model.language_model", layout="flat", supported=True),
+           "model.visual", "model.visual.merger", "model.language_model", layout="flat", image_size=448,
+           supported=True),
     Family("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration",
-           "model.visual", "model.visual.merger", "model.language_model", layout="flat", supported=True),
+           "model.visual", "model.visual.merger", "model.language_model", layout="flat", image_size=448,
+           supported=True),
     Family("idefics3", "Idefics3ForConditionalGeneration",
            "model.vision_model", "model.connector", "model.text_model", stacked=True, supported=True),
 )}

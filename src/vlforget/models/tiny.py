@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vlforget.models.backbone import IMAGE_SIZE, Backbone, assemble, normalise_uint8
+from vlforget.models.backbone import IMAGE_SIZE, Backbone, normalise_uint8
 
 PATCH = 16
 N_IMAGE_TOKENS = (IMAGE_SIZE // PATCH) ** 2
@@ -244,7 +244,6 @@ def train_language(backbone: Backbone, data: dict, val_samples, steps: int, batc
     params = [p for n, p in model.named_parameters() if p.requires_grad and "vision_tower" not in n]
     optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     schedule = _schedule(optim, steps, warmup=300)
-    special = backbone._special()
     instr_ids = backbone.encode_text(data["instructions"])
     answer_ids = backbone.encode_text(data["answers"])
     gen = torch.Generator().manual_seed(seed + 2)
@@ -257,7 +256,7 @@ def train_language(backbone: Backbone, data: dict, val_samples, steps: int, batc
         if not batches:
             batches = _length_buckets(lengths, batch_size, gen)
         idx = batches.pop()
-        batch = assemble([instr_ids[i] for i in idx], [answer_ids[i] for i in idx], **special)
+        batch = backbone.assemble([instr_ids[i] for i in idx], [answer_ids[i] for i in idx])
         batch["pixel_values"] = normalise_uint8(data["pixels"][idx])
         loss = model(**batch).loss
         optim.zero_grad(set_to_none=True)

@@ -28,6 +28,12 @@ def test_demo_run_inspect_chat(tmp_path):
     assert result.exit_code == 0, result.output
     assert results["requests"][0]["name"] in result.output
     assert "concepts (annotations): visual:" in result.output
+    first = results["requests"][0]["name"]
+    result = runner.invoke(app, ["inspect", str(out), "--request", first])
+    assert result.exit_code == 0 and f"{first} after each step" in result.output
+    assert f"{results['steps'][1]['per_request'][first]['crr']:.1f}" in result.output.split("after each step")[1]
+    result = runner.invoke(app, ["inspect", str(out), "--request", first + "x"])
+    assert result.exit_code == 2 and f"did you mean {first!r}" in result.output
 
     example = results["examples"][0]
     image = out / example["image"]

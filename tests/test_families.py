@@ -29,12 +29,7 @@ FAST = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +39,7 @@ def folders(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def small_scorers(folders):
+def small_scorers(one_thread, folders):
     """CORE trains a concept scorer (about a minute) for a vision tower it has no shipped
     weights for, as it would for a user's model; here a few steps on few images suffice."""
     from vlforget.methods.core import scorer

@@ -95,15 +95,31 @@ def test_cli_methods_lists_every_baseline():
     (["demo"], {"stepz": 3}, "did you mean 'steps'"),
     (["base-eval"], {"n_general_tst": 5}, "did you mean 'n_general_test'"),
     (["pretrain"], {"vision_step": 5}, "did you mean 'vision_steps'"),
+    (["methods"], {"idknll": {"step": 3}}, "did you mean 'steps'"),
+    (["methods"], {"idknl": {}}, "did you mean 'idknll'"),
+    (["inspect", "RUN_DIR"], {"reqest": "star-identity"}, "did you mean 'request'"),
 ])
 def test_every_command_takes_a_config_and_names_the_nearest_key(tmp_path, argv, config, message):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
-    out = [] if argv[0] == "base-eval" else ["--out", str(tmp_path / "out")]
+    out = ["--out", str(tmp_path / "out")] if argv[0] in ("compare", "demo", "pretrain") else []
+    argv = [str(tmp_path) if a == "RUN_DIR" else a for a in argv]
     result = CliRunner().invoke(app, [*argv, *out, "--config", str(path)])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out" / "results.json").exists()  # nothing ran, nothing was written
+
+
+def test_methods_config_shows_the_effective_config(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("npo:\n  steps: 7\n")
+    result = CliRunner().invoke(app, ["methods", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "*steps = 7" in result.output and " lr = " in result.output  # set by the file / default
+    assert "idknll" not in result.output  # only the methods the file names
+    path.write_text("steps: 7\n")
+    result = CliRunner().invoke(app, ["methods", "--config", str(path)])
+    assert result.exit_code == 2 and "method name -> {field: value}" in result.output
 
 
 def test_base_eval_config_sets_the_benchmark(tmp_path):

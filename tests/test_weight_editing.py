@@ -18,13 +18,7 @@ from vlforget.models.backbone import Backbone
 TINY = {"steps": 2, "batch_size": 4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # These tests are tiny; two threads on a shared 2-core machine mostly wait on each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

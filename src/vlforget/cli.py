@@ -81,6 +81,17 @@ def _overrides(config: Optional[Path]) -> dict:
     return read_mapping(config) if config else {}
 
 
+def _command_settings(config: Optional[Path], valid: list[str]) -> dict:
+    """A command's own options from a --config file; an unknown key names the nearest valid one."""
+    settings = _overrides(config)
+    for key in settings:
+        if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=1)
+            raise ValueError(f"unknown key {key!r} in {config}" + (f"; did you mean {near[0]!r}?" if near else
+                                                                    f"; valid keys: {', '.join(valid)}"))
+    return settings
+
+
 def summary_table(runs: dict[str, dict], title: str = "Summary (percent)") -> Table:
     """Compact terminal table: one row per method, each metric as "avg/last" so it fits 80 columns."""
     from rich import box
@@ -148,16 +159,28 @@ def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path]
 
 @app.command()
 @user_errors
-def methods(verbose: bool = typer.Option(False, "--verbose", "-v", help="also list every config field")):
-    """List the registered unlearning methods."""
-    from vlforget.configs import config_help
-    from vlforget.methods import available_methods
+def methods(verbose: bool = typer.Option(False, "--verbose", "-v", help="also list every config field"),
+            config: Optional[Path] = typer.Option(None, help="JSON/YAML file: method name -> its config overrides "
+                                                  "(as `compare --config`): check it and show the effective "
+                                                  "config of each method it names (* = set by the file)")):
+    """List the registered unlearning methods (or check a config file against them)."""
+    from vlforget.configs import build_config, config_help
+    from vlforget.methods import available_methods, method_class
 
-    for name, cls in available_methods().items():
+    per_method = _overrides(config)
+    for name, overrides in per_method.items():
+        if not isinstance(overrides, dict):
+            raise ValueError(f"{config}: {name!r} should map to that method's config overrides "
+                             f"(method name -> {{field: value}}), got {type(overrides).__name__}")
+        build_config(method_class(name).config_class, overrides, where=f"{config} ({name})")
+    listed = {name: method_class(name) for name in per_method} if config else available_methods()
+    for name, cls in listed.items():
         console.print(f"[bold]{name:<14}[/] {cls.description}")
-        if verbose:
+        if verbose or config:
+            overrides = per_method.get(name, {})
             for field, default, text in config_help(cls.config_class):
-                console.print(f"    {field} = {default!r}: {text}")
+                value, mark = (overrides[field], "*") if field in overrides else (default, " ")
+                console.print(f"   {mark}{field} = {value!r}: {text}", highlight=False)
 
 
 @app.command()
@@ -329,15 +352,24 @@ def chat(instruction: str = typer.Argument(..., help="the instruction, e.g. 'wha
 
 @app.command()
 @user_errors
-def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `vlforget run`")):
+def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `vlforget run`"),
+            request: Optional[str] = typer.Option(None, help="also show this request's CRR and AR after every step "
+                                                  "(does its refusal hold?)"),
+            config: Optional[Path] = typer.Option(None, help="JSON/YAML file of this command's options (request)")):
     """Which requests a run applied, their scopes, and their measured verification numbers."""
     from vlforget.evaluation.runner import RESULTS_FILE
 
+    focus = _command_settings(config, ["request"]).get("request", request)  # the loops below reuse `request`
     path = run_dir / RESULTS_FILE
     if not path.exists():
         raise FileNotFoundError(f"no run in {run_dir} (missing {RESULTS_FILE})")
     results = json.loads(path.read_text())
     steps = results["steps"]
+    names = [r["name"] for r in results["requests"]]
+    if focus is not None and focus not in names:
+        near = difflib.get_close_matches(focus, names, n=1)
+        raise ValueError(f"no request {focus!r} in this run" + (f"; did you mean {near[0]!r}?" if near else
+                                                                 f"; it has: {', '.join(names)}"))
     last = steps[-1] if steps else {}
     console.print(f"[bold]{results['method']}[/]  benchmark {results['benchmark_version']}  "
                   f"seed {results['seed']}  {len(steps)}/{len(results['requests'])} requests applied")
@@ -367,6 +399,15 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `v
                           f"visual: {'; '.join(concepts['visual']) or '-'} | textual: {'; '.join(concepts['textual']) or '-'}")
     if results.get("summary"):
         console.print(summary_table({results["method"]: results}))
+    if focus is not None:
+        history = Table(title=f"{focus} after each step", box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in ("step", "applied", "CRR", "AR"):
+            history.add_column(column, justify="right")
+        for i, step in enumerate(steps):
+            per = step.get("per_request", {}).get(focus, {})
+            crr, ar = per.get("crr"), per.get("ar")
+            history.add_row(str(i + 1), names[i], "" if crr is None else f"{crr:.1f}", "" if ar is None else f"{ar:.1f}")
+        console.print(history)
 
 
 @app.command()
@@ -380,14 +421,8 @@ def pretrain(out: Path = typer.Option(..., help="folder to write the model into"
 
     from vlforget.models.tiny import pretrain as train
 
-    settings = _overrides(config)
     valid = [p for p in signature.signature(train).parameters if p not in ("out_dir", "seed", "log", "config_kwargs")]
-    for key in settings:
-        if key not in valid:
-            near = difflib.get_close_matches(key, valid, n=1)
-            raise ValueError(f"unknown key {key!r} in {config}" + (f"; did you mean {near[0]!r}?" if near else
-                                                                    f"; valid keys: {', '.join(valid)}"))
-    train(out, seed=seed, **settings)
+    train(out, seed=seed, **_command_settings(config, valid))
 
 
 def main() -> None:  # pragma: no cover

@@ -18,7 +18,9 @@ from vlforget.methods.core.refusers import RefuserPool
 from vlforget.methods.core.router import load_vector, pick_refusers, route, routing_losses
 from vlforget.models.backbone import Backbone
 
-FAST = {"steps": 60, "batch_size": 12, "lr": 0.03}
+# textual_exemplars on: with these three small requests it puts blue-count's similarity to
+# red-count above similar_threshold (0.5; 0.47 without), which the reuse test needs.
+FAST = {"steps": 60, "batch_size": 12, "lr": 0.03, "textual_exemplars": True}
 NAMES = ("star-identity", "red-count", "blue-count")
 
 

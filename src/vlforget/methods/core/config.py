@@ -36,8 +36,10 @@ class CoreConfig(MethodConfig):
     # -- concepts ----------------------------------------------------------------------
     concept_source: str = option("request", "where concept descriptions come from: request | annotations | model")
     max_descriptions: int = option(48, "descriptions kept per side (visual/textual) per request")
-    textual_exemplars: bool = option(True, "also score instructions against the forget instructions themselves "
-                                           "(the textual concept as the request shows it), not only the descriptions")
+    textual_exemplars: bool = option(False, "also score instructions against the forget instructions themselves "
+                                            "(the textual concept as the request shows it), not only the "
+                                            "descriptions; off by default: the exemplars name the concept's "
+                                            "object, so the textual side learned it (docs/methods.md)")
     visual_scores: str = option("scorer", "visual concept scores at inference: scorer = the aligned scorer's "
                                           "image projection itself; distilled = a per-request ridge map (the paper)")
     text_buckets: int = option(1024, "hash buckets of the instruction's bag of token unigrams and bigrams")

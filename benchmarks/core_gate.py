@@ -5,7 +5,11 @@ and router only, seconds per request), then reads the modulator's relevance on e
 request's forget/retain test pairs and on the utility split. Upper bounds of what the
 refusers can reach: a forget pair counts when its own request has the highest relevance
 and passes the threshold (CRR bound); a retain/utility pair when no request passes it
-(AR / S bound). Prints JSON.
+(AR / S bound). `errors` says, from the benchmark's labels, which side of the gate was
+wrong: for a false gate by request j, whether the image shows j's visual concept and
+whether the instruction has one of j's intents; for a missed forget pair, whether its
+scaled visual / textual score reached 0.5 (both did: the head's cut is too strict).
+Prints JSON.
 
     python benchmarks/core_gate.py ['{"negative_weight": 3}']
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 
 import torch
 
@@ -34,16 +39,38 @@ def main() -> None:
         core.unlearn(request)
     seconds = time.perf_counter() - began
 
-    def relevance(samples):
+    def relevance(samples, with_scores=False):
         features = backbone.vision_features([s.image for s in samples])
+        instructions = core.instruction_features([s.instruction for s in samples])
         with torch.no_grad():
-            return core.relevance(features, core.instruction_features([s.instruction for s in samples]))
+            rel = core.relevance(features, instructions)
+            return (rel, core.bank.scores(features, instructions)) if with_scores else rel
 
     th = core.config.threshold
-    utility = relevance(bench.utility_split())
+    errors: Counter = Counter()
+
+    def count_false_gates(split, samples, rel):
+        for sample, row in zip(samples, rel):
+            for j in (row >= th).nonzero().flatten().tolist():
+                spec = bench.specs[j]
+                shows = "concept shown" if spec.shows_concept(sample.meta["scene"]) else "concept not shown"
+                asks = "intent asked" if sample.intent in spec.intents else "intent not asked"
+                errors[f"{split} false gate, {spec.mode}-scope request: {shows}, {asks}"] += 1
+
+    utility_samples = bench.utility_split()
+    utility = relevance(utility_samples)
+    count_false_gates("utility", utility_samples, utility)
     rows = {}
     for i, request in enumerate(requests):
-        forget, retain = relevance(request.forget_test), relevance(request.retain_test)
+        (forget, zf), retain = relevance(request.forget_test, True), relevance(request.retain_test)
+        count_false_gates("retain", request.retain_test, retain)
+        for z, row in zip(zf[:, i], forget):
+            if row[i] < th:
+                sides = [side for side, value in (("visual", z[0]), ("textual", z[1])) if value < 0.5]
+                errors[f"forget miss, {bench.specs[i].mode}-scope: " + (" and ".join(sides) + " below 0.5"
+                                                                          if sides else "both scores >= 0.5")] += 1
+            elif int(row.argmax()) != i:
+                errors["forget pair gated but routed to another request"] += 1
         rows[request.name] = {
             "forget_own_gate": round(float((forget[:, i] >= th).float().mean()), 3),
             "forget_routed_to_own": round(float(((forget.argmax(1) == i) & (forget[:, i] >= th)).float().mean()), 3),
@@ -58,6 +85,7 @@ def main() -> None:
         "s_bound": round(100 * float((utility.max(1).values < th).float().mean()), 1),
         "apply_seconds_total": round(seconds, 1),
         "per_request": rows,
+        "errors": dict(errors.most_common()),
     }, indent=1))
 
 

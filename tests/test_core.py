@@ -12,6 +12,7 @@ import pytest
 
 from vlforget.data.benchmark import Benchmark, BenchmarkConfig
 from vlforget.methods import make_method
+from vlforget.methods.core.config import CoreConfig
 from vlforget.methods.core import modulator as mod
 from vlforget.methods.core.concepts import Decomposer
 from vlforget.methods.core.refusers import RefuserPool
@@ -138,6 +139,17 @@ def test_config_errors_name_the_valid_options():
         make_method("core", None, {"concept_source": "oracle"})
     with pytest.raises(ValueError, match="top_k"):
         make_method("core", None, {"top_k": 30})
+    with pytest.raises(ValueError, match="textual_exemplars must be true, false or auto"):
+        make_method("core", None, {"textual_exemplars": "sometimes"})
+
+
+def test_textual_exemplars_auto_only_for_mined_concepts():
+    auto = CoreConfig()
+    assert auto.textual_exemplars == "auto"
+    assert auto.uses_exemplars("model")
+    assert not auto.uses_exemplars("request") and not auto.uses_exemplars("annotations")
+    assert CoreConfig(textual_exemplars=True).uses_exemplars("request")
+    assert not CoreConfig(textual_exemplars=False).uses_exemplars("model")
 
 
 # ----------------------------------------------------------------------------- integration

@@ -36,10 +36,11 @@ class CoreConfig(MethodConfig):
     # -- concepts ----------------------------------------------------------------------
     concept_source: str = option("request", "where concept descriptions come from: request | annotations | model")
     max_descriptions: int = option(48, "descriptions kept per side (visual/textual) per request")
-    textual_exemplars: bool = option(False, "also score instructions against the forget instructions themselves "
-                                            "(the textual concept as the request shows it), not only the "
-                                            "descriptions; off by default: the exemplars name the concept's "
-                                            "object, so the textual side learned it (docs/methods.md)")
+    textual_exemplars: bool | str = option("auto", "also score instructions against the forget instructions "
+                                                   "themselves (the textual concept as the request shows it), not "
+                                                   "only the descriptions: true | false | auto = only when the "
+                                                   "concepts were mined from the model (measured better there, "
+                                                   "worse with written descriptions: docs/methods.md)")
     visual_scores: str = option("scorer", "visual concept scores at inference: scorer = the aligned scorer's "
                                           "image projection itself; distilled = a per-request ridge map (the paper)")
     text_buckets: int = option(1024, "hash buckets of the instruction's bag of token unigrams and bigrams")
@@ -72,6 +73,8 @@ class CoreConfig(MethodConfig):
             raise ValueError("steps >= 0, batch_size >= 1 and lr > 0 are required")
         if self.concept_source not in CONCEPT_SOURCES:
             raise ValueError(f"unknown concept_source {self.concept_source!r}; valid: {', '.join(CONCEPT_SOURCES)}")
+        if self.textual_exemplars not in (True, False, "auto"):
+            raise ValueError(f"textual_exemplars must be true, false or auto, got {self.textual_exemplars!r}")
         if self.visual_scores not in ("scorer", "distilled"):
             raise ValueError(f"unknown visual_scores {self.visual_scores!r}; valid: scorer, distilled")
         if self.gate_mode not in GATE_MODES:
@@ -80,3 +83,7 @@ class CoreConfig(MethodConfig):
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.prototypes < 1 or self.max_descriptions < 1:
             raise ValueError("prototypes and max_descriptions must be >= 1")
+
+    def uses_exemplars(self, concept_source: str) -> bool:
+        """Whether a request whose concepts came from `concept_source` gets textual exemplars."""
+        return self.textual_exemplars is True or (self.textual_exemplars == "auto" and concept_source == "model")

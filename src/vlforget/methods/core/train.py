@@ -58,7 +58,7 @@ def fit_concept_layer(core, request, concepts, fx, fi, instructions, exemplars):
             target_v = scorer.patch_similarity(fx, vis)  # [N, P, n_v]
             wv, bv = relative_ridge(fx.reshape(-1, fx.shape[-1]), target_v.reshape(-1, target_v.shape[-1]),
                                     core.config.ridge)
-        anchors = concepts.textual + (exemplars if core.config.textual_exemplars else [])
+        anchors = concepts.textual + (exemplars if core.config.uses_exemplars(concepts.source) else [])
         target_t = encode_texts(instructions) @ encode_texts(anchors).T  # [N, n_t]
         wt, bt = relative_ridge(fi, target_t, core.config.ridge)
     return wv, bv, wt, bt

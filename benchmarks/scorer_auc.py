@@ -1,0 +1,64 @@
+"""How well CORE's aligned scorer sees each visual concept (the ceiling of the visual gate).
+
+For every shape and colour of the built-in benchmark: image-level AUC of the scorer's
+similarity (max over patches) with a phrase naming it ("a star", "something red"),
+images that contain such an object against images that do not, on held-out general
+test images, and the share of images without the concept that score at least as
+high as the 10% (1%) lowest-scoring images with it (FPR at TPR 90 / 99). CORE's visual concept scores are these similarities, so a concept the
+scorer confuses is one whose requests get false gates and misses. Prints JSON.
+
+    python benchmarks/scorer_auc.py [--images 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from vlforget.data.benchmark import general_samples
+from vlforget.data.scenes import CATEGORIES, COLOURS
+from vlforget.methods.core.scorer import encode_texts, load_scorer, vision_features
+from vlforget.models.backbone import Backbone
+
+
+def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """P(a positive scores above a negative), ties counted half."""
+    pos, neg = scores[labels], scores[~labels]
+    return float(((pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()).mean())
+
+
+def fpr_at_tpr(scores: torch.Tensor, labels: torch.Tensor, tpr: float) -> float:
+    """Share of negatives at or above the threshold that keeps `tpr` of the positives."""
+    threshold = scores[labels].quantile(1 - tpr)
+    return float((scores[~labels] >= threshold).float().mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=600)
+    args = parser.parse_args()
+    backbone = Backbone.load()
+    scorer = load_scorer(backbone)
+    samples = general_samples(args.images, "scorer-auc", "test")
+    features = vision_features(backbone, [s.image for s in samples])
+    out: dict[str, dict[str, float]] = {}
+    with torch.no_grad():
+        for attr, values, phrase in (("shape", CATEGORIES, "a {}"), ("colour", COLOURS, "something {}")):
+            out[attr] = {}
+            for value in values:
+                labels = torch.tensor([any(getattr(o, attr) == value for o in s.meta["scene"].objects)
+                                       for s in samples])
+                if labels.sum() < 5 or (~labels).sum() < 5:
+                    continue
+                text = encode_texts([phrase.format(value)])
+                scores = scorer.patch_similarity(features, text)[..., 0].amax(1)
+                out[attr][value] = {"auc": round(auc(scores, labels), 4),
+                                    "fpr_at_tpr90": round(fpr_at_tpr(scores, labels, 0.9), 4),
+                                    "fpr_at_tpr99": round(fpr_at_tpr(scores, labels, 0.99), 4)}
+    print(json.dumps({"images": len(samples), "concepts": out}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

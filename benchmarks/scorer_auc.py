@@ -35,16 +35,49 @@ def fpr_at_tpr(scores: torch.Tensor, labels: torch.Tensor, tpr: float) -> float:
     return float((scores[~labels] >= threshold).float().mean())
 
 
+def shape_probe(backbone, n_images: int = 2500, steps: int = 1500, seed: int = 0):
+    """A linear patch classifier over CATEGORIES + empty; returns features -> [B, P, C+1] log-probs."""
+    torch.manual_seed(seed)
+    samples = general_samples(n_images, "scorer-auc-probe", "train")
+    features = vision_features(backbone, [s.image for s in samples])
+    n, p, d = features.shape
+    labels = torch.full((n, p), len(CATEGORIES), dtype=torch.long)
+    for i, sample in enumerate(samples):
+        for obj in sample.meta["scene"].objects:
+            if obj.cell < p:
+                labels[i, obj.cell] = CATEGORIES.index(obj.shape)
+    x, y = features.reshape(-1, d), labels.reshape(-1)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    linear = torch.nn.Linear(d, len(CATEGORIES) + 1)
+    optimiser = torch.optim.Adam(linear.parameters(), lr=1e-2, weight_decay=1e-5)
+    for _ in range(steps):
+        idx = torch.randint(len(x), (1024,))
+        loss = torch.nn.functional.cross_entropy(linear((x[idx] - mean) / std), y[idx])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return lambda f: torch.log_softmax(linear((f - mean) / std), -1)
+
+
+def scores_entry(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    return {"auc": round(auc(scores, labels), 4),
+            "fpr_at_tpr90": round(fpr_at_tpr(scores, labels, 0.9), 4),
+            "fpr_at_tpr99": round(fpr_at_tpr(scores, labels, 0.99), 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=600)
+    parser.add_argument("--probe", action="store_true", help="also train and score a supervised shape probe")
     args = parser.parse_args()
     backbone = Backbone.load()
     scorer = load_scorer(backbone)
     samples = general_samples(args.images, "scorer-auc", "test")
     features = vision_features(backbone, [s.image for s in samples])
     out: dict[str, dict[str, float]] = {}
+    probe = shape_probe(backbone) if args.probe else None
     with torch.no_grad():
+        probe_logp = probe(features) if probe else None
         for attr, values, phrase in (("shape", CATEGORIES, "a {}"), ("colour", COLOURS, "something {}")):
             out[attr] = {}
             for value in values:
@@ -54,9 +87,9 @@ def main() -> None:
                     continue
                 text = encode_texts([phrase.format(value)])
                 scores = scorer.patch_similarity(features, text)[..., 0].amax(1)
-                out[attr][value] = {"auc": round(auc(scores, labels), 4),
-                                    "fpr_at_tpr90": round(fpr_at_tpr(scores, labels, 0.9), 4),
-                                    "fpr_at_tpr99": round(fpr_at_tpr(scores, labels, 0.99), 4)}
+                out[attr][value] = scores_entry(scores, labels)
+                if probe_logp is not None and attr == "shape":
+                    out[attr][value]["probe"] = scores_entry(probe_logp[..., CATEGORIES.index(value)].amax(1), labels)
     print(json.dumps({"images": len(samples), "concepts": out}, indent=1))
 
 

@@ -19,7 +19,7 @@ def run_script(name: str, *args: str) -> dict:
 
 
 def test_scorer_auc_sees_colours_and_shapes():
-    report = run_script("scorer_auc.py", "--images", "150")
+    report = run_script("scorer_auc.py", "--images", "150", "--probe")
     colours, shapes = report["concepts"]["colour"], report["concepts"]["shape"]
     assert len(colours) >= 5 and len(shapes) >= 8
     # The shipped scorer separates colours almost perfectly and shapes well (measured
@@ -28,6 +28,8 @@ def test_scorer_auc_sees_colours_and_shapes():
     assert min(s["auc"] for s in shapes.values()) > 0.85
     for entry in (*colours.values(), *shapes.values()):
         assert 0.0 <= entry["fpr_at_tpr90"] <= entry["fpr_at_tpr99"] <= 1.0
+    # The supervised probe on the same features sees every shape (measured AUC >= 0.999).
+    assert min(s["probe"]["auc"] for s in shapes.values()) > 0.98
 
 
 def test_core_gate_bounds_and_error_breakdown_agree():

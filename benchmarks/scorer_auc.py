@@ -4,8 +4,9 @@ For every shape and colour of the built-in benchmark: image-level AUC of the sco
 similarity (max over patches) with a phrase naming it ("a star", "something red"),
 images that contain such an object against images that do not, on held-out general
 test images, and the share of images without the concept that score at least as
-high as the 10% (1%) lowest-scoring images with it (FPR at TPR 90 / 99). CORE's visual concept scores are these similarities, so a concept the
-scorer confuses is one whose requests get false gates and misses. Prints JSON.
+high as the 10% (1%) lowest-scoring images with it (FPR at TPR 90 / 99). CORE's visual
+concept scores are these similarities, so a concept the scorer confuses is one whose
+requests get false gates and misses. Prints JSON.
 
     python benchmarks/scorer_auc.py [--images 600]
 """
@@ -16,17 +17,12 @@ import argparse
 import json
 
 import torch
+from sklearn.metrics import roc_auc_score
 
 from vlforget.data.benchmark import general_samples
 from vlforget.data.scenes import CATEGORIES, COLOURS
 from vlforget.methods.core.scorer import encode_texts, load_scorer, vision_features
 from vlforget.models.backbone import Backbone
-
-
-def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """P(a positive scores above a negative), ties counted half."""
-    pos, neg = scores[labels], scores[~labels]
-    return float(((pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()).mean())
 
 
 def fpr_at_tpr(scores: torch.Tensor, labels: torch.Tensor, tpr: float) -> float:
@@ -60,7 +56,7 @@ def shape_probe(backbone, n_images: int = 2500, steps: int = 1500, seed: int = 0
 
 
 def scores_entry(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    return {"auc": round(auc(scores, labels), 4),
+    return {"auc": round(float(roc_auc_score(labels.numpy(), scores.numpy())), 4),
             "fpr_at_tpr90": round(fpr_at_tpr(scores, labels, 0.9), 4),
             "fpr_at_tpr99": round(fpr_at_tpr(scores, labels, 0.99), 4)}
 

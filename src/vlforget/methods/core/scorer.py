@@ -10,11 +10,12 @@ is large striped", "a gray backdrop"). An image's similarity to a description is
 max over patches: an object concept lives in one cell. An image-level InfoNCE term on
 (image, full caption) pairs was part of the loss until measured harmful: it pulled the
 patch embeddings toward whole-scene content and cost shape detail (image-level shape
-AUC 0.95-0.999 with it, 0.99-1.0 without, `benchmarks/scorer_auc.py`).
+AUC 0.95-0.999 with it, 0.988-1.0 without, `benchmarks/scorer_auc.py`).
 
 The text side is used only while a request is applied; the image projection also runs
-at inference in CORE's default `visual_scores="scorer"` mode (one small matmul per patch). Weights: `vlforget/assets/scorer/` (< 1 MB), tied to a
-fingerprint of the vision tower; if the backbone differs, a scorer is trained on the
+at inference in CORE's default `visual_scores="scorer"` mode (one small matmul per
+patch). Weights: `vlforget/assets/scorer/` (< 1 MB), tied to a fingerprint of the
+vision tower; if the backbone differs, a scorer is trained on the
 fly (about a minute) and a warning says so. `python -m vlforget.methods.core.scorer`
 retrains the shipped weights.
 """

@@ -6,7 +6,6 @@ line and exit with code 2, never a traceback.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import sys
@@ -17,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from vlforget.configs import did_you_mean
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Continual unlearning for vision-language models.")
@@ -86,9 +87,8 @@ def _command_settings(config: Optional[Path], valid: list[str]) -> dict:
     settings = _overrides(config)
     for key in settings:
         if key not in valid:
-            near = difflib.get_close_matches(key, valid, n=1)
-            raise ValueError(f"unknown key {key!r} in {config}" + (f"; did you mean {near[0]!r}?" if near else
-                                                                    f"; valid keys: {', '.join(valid)}"))
+            raise ValueError(f"unknown key {key!r} in {config}"
+                             + (did_you_mean(key, valid) or f"; valid keys: {', '.join(valid)}"))
     return settings
 
 
@@ -226,8 +226,7 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
     per_method = read_mapping(config) if config else {}
     for key in per_method:
         if key not in names:
-            near = difflib.get_close_matches(key, names, n=1)
-            raise ValueError(f"{config}: {key!r} is not one of --methods" + (f"; did you mean {near[0]!r}?" if near else ""))
+            raise ValueError(f"{config}: {key!r} is not one of --methods" + did_you_mean(key, names))
     for name in names:
         cls = method_class(name)  # fail fast on a typo, before hours of running
         build_config(cls.config_class, per_method.get(name), where=f"{config} ({name})")
@@ -367,9 +366,8 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `v
     steps = results["steps"]
     names = [r["name"] for r in results["requests"]]
     if focus is not None and focus not in names:
-        near = difflib.get_close_matches(focus, names, n=1)
-        raise ValueError(f"no request {focus!r} in this run" + (f"; did you mean {near[0]!r}?" if near else
-                                                                 f"; it has: {', '.join(names)}"))
+        raise ValueError(f"no request {focus!r} in this run"
+                         + (did_you_mean(focus, names) or f"; it has: {', '.join(names)}"))
     last = steps[-1] if steps else {}
     console.print(f"[bold]{results['method']}[/]  benchmark {results['benchmark_version']}  "
                   f"seed {results['seed']}  {len(steps)}/{len(results['requests'])} requests applied")

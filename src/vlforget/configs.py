@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import yaml
 
@@ -41,14 +41,19 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def did_you_mean(name: str, valid: Sequence[str]) -> str:
+    """"; did you mean 'x'?" for the nearest valid name, else "" (the one copy of this hint)."""
+    near = difflib.get_close_matches(name, list(valid), n=1)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
 def build_config(cls: type[T], overrides: dict[str, Any] | None = None, where: str = "config") -> T:
     """Instantiate config `cls` from overrides, rejecting unknown keys helpfully."""
     overrides = dict(overrides or {})
     valid = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     for key in overrides:
         if key not in valid:
-            near = difflib.get_close_matches(key, valid, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(valid)}"
+            hint = did_you_mean(key, valid) or f"; valid keys: {', '.join(valid)}"
             raise ValueError(f"unknown key {key!r} in {where}{hint}")
     try:
         return cls(**overrides)

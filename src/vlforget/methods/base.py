@@ -8,7 +8,6 @@ model, and its own state from earlier requests, never earlier requests' raw data
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from vlforget import __version__
-from vlforget.configs import build_config, option, to_dict
+from vlforget.configs import build_config, did_you_mean, option, to_dict
 from vlforget.types import DeletionRequest
 
 STATE_FILE = "state.safetensors"
@@ -48,6 +47,10 @@ class Method(ABC):
         self.backbone = backbone
         self.config = config if config is not None else self.config_class()
         self.applied: list[str] = []  # names of requests applied so far, in order
+
+    def request_seed(self, offset: int = 0) -> int:
+        """The seed of the request being applied: distinct per request, the same on every rerun."""
+        return self.config.seed * 1000 + len(self.applied) + offset
 
     # -- what every method implements ---------------------------------------------
     @abstractmethod
@@ -143,9 +146,8 @@ def register(cls: type[Method]) -> type[Method]:
 def method_class(name: str) -> type[Method]:
     _import_all()
     if name not in REGISTRY:
-        near = difflib.get_close_matches(name, list(REGISTRY), n=1)
-        hint = f" did you mean {near[0]!r}?" if near else ""
-        raise ValueError(f"unknown method {name!r};{hint} available: {', '.join(sorted(REGISTRY))}")
+        raise ValueError(f"unknown method {name!r}{did_you_mean(name, REGISTRY)}; "
+                         f"available: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
 
 

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from vlforget.configs import option
 from vlforget.methods.base import Method, MethodConfig, register
-from vlforget.methods.core.refusers import OutputAdapter
-from vlforget.methods.core.train import kmeans
+from vlforget.methods.clustering import kmeans
+from vlforget.methods.output_adapter import OutputAdapter
 from vlforget.methods.finetune import Batches
 from vlforget.methods.training import shard, train_steps
 from vlforget.types import DeletionRequest

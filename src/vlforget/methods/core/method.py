@@ -32,6 +32,8 @@ from vlforget.methods.core.concept_layer import ConceptBank
 from vlforget.methods.core.config import CoreConfig
 from vlforget.methods.core.refusers import RefuserPool
 from vlforget.methods.core.router import route
+from vlforget.methods.features import token_bag
+from vlforget.methods.hooks import installed
 from vlforget.types import DeletionRequest
 
 
@@ -74,13 +76,8 @@ class Core(Method):
         model's vocabulary size.
         """
         todo = [s for s in dict.fromkeys(instructions) if s not in self._instruction_cache]
-        n = self.config.text_buckets
-        for text, ids in zip(todo, self.backbone.encode_text(todo) if todo else []):
-            ids = ids or [self.backbone.tokenizer.unk_token_id or 0]
-            grams = [i % n for i in ids] + [(a * 7919 + b * 104729 + 1) % n for a, b in zip(ids, ids[1:])]
-            bag = torch.zeros(n)
-            bag[torch.tensor(grams)] = 1.0
-            self._instruction_cache[text] = bag / bag.norm()
+        bags = token_bag(self.backbone, todo, self.config.text_buckets, self.backbone.tokenizer.unk_token_id or 0)
+        self._instruction_cache.update(zip(todo, bags))
         return torch.stack([self._instruction_cache[s] for s in instructions])
 
     # ------------------------------------------------------------------ relevance / routing
@@ -157,15 +154,14 @@ class Core(Method):
     @contextmanager
     def steer(self, **state):
         """Install the refuser hook on the connector; always removed on exit."""
-        handles = [self.backbone.connector.register_forward_hook(self._hook)]
+        hooks = [lambda: self.backbone.connector.register_forward_hook(self._hook)]
         if self.pool.adapters is not None:
-            handles.append(self.backbone.model.lm_head.register_forward_pre_hook(self._head_hook))
+            hooks.append(lambda: self.backbone.model.lm_head.register_forward_pre_hook(self._head_hook))
         self._steer = SimpleNamespace(active=None, **state)
         try:
-            yield self._steer
+            with installed(*hooks):
+                yield self._steer
         finally:
-            for handle in handles:
-                handle.remove()
             self._steer = None
 
     def generate(self, images, instructions, **kwargs) -> list[str]:

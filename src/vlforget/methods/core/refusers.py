@@ -22,16 +22,7 @@ import copy
 
 import torch
 
-
-class OutputAdapter(torch.nn.Module):
-    def __init__(self, hidden: int, rank: int, seed: int):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.a = torch.nn.Parameter(torch.randn(hidden, rank, generator=gen) * 0.05)
-        self.b = torch.nn.Parameter(torch.zeros(rank, hidden))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return (h @ self.a) @ self.b
+from vlforget.methods.output_adapter import OutputAdapter
 
 
 class RefuserPool(torch.nn.Module):

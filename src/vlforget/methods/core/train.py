@@ -17,22 +17,9 @@ from vlforget.methods.core.concept_layer import ridge_fit
 from vlforget.methods.core.concepts import Decomposer
 from vlforget.methods.core.router import load_vector, pick_refusers, route, routing_losses
 from vlforget.methods.core.scorer import encode_texts, load_scorer, vision_features
+from vlforget.methods.clustering import kmeans
 from vlforget.methods.training import num_processes, shard, train_steps
 from vlforget.types import DeletionRequest
-
-
-def kmeans(x: torch.Tensor, k: int, seed: int, iters: int = 15) -> torch.Tensor:
-    """k centroids of the rows of x (k-means++-free: seeded random init, Lloyd steps)."""
-    k = min(k, len(x))
-    gen = torch.Generator().manual_seed(seed)
-    centres = x[torch.randperm(len(x), generator=gen)[:k]].clone()
-    for _ in range(iters):
-        assign = torch.cdist(x, centres).argmin(1)
-        for c in range(k):
-            members = x[assign == c]
-            if len(members):
-                centres[c] = members.mean(0)
-    return centres
 
 
 def relative_ridge(x: torch.Tensor, y: torch.Tensor, strength: float):

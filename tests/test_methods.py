@@ -14,7 +14,7 @@ import torch
 from vlforget.data.benchmark import Benchmark, BenchmarkConfig
 from vlforget.methods import available_methods, make_method
 from vlforget.models.backbone import Backbone
-from vlforget.models.evaluate import looks_like_refusal
+from vlforget.text import is_refusal
 
 # Short training so the whole table runs in a few minutes on 2 cores; enough to move
 # every method measurably. Methods not listed run with their defaults.
@@ -80,8 +80,8 @@ def test_method_forgets(name, trained, requests):
         hits_after = sum(a.strip() == o for a, o in zip(after, old))
         assert hits_after < hits_before, (hits_before, hits_after)
     else:
-        refused_before = sum(map(looks_like_refusal, before))
-        refused_after = sum(map(looks_like_refusal, after))
+        refused_before = sum(map(is_refusal, before))
+        refused_after = sum(map(is_refusal, after))
         assert refused_after > refused_before + len(probe) * 0.2, (refused_before, refused_after)
 
 

@@ -9,7 +9,8 @@ import torch
 
 from vlforget.data.benchmark import Benchmark, all_texts, general_samples
 from vlforget.models.backbone import META_FILE, Backbone
-from vlforget.models.evaluate import base_eval, looks_like_refusal
+from vlforget.models.evaluate import base_eval
+from vlforget.text import is_refusal
 from vlforget.models.tokenizer import build_tokenizer
 
 
@@ -113,10 +114,10 @@ def test_fixed_length_generation_continues_the_greedy_answer(backbone, samples):
         assert long.startswith(short) and len(long) > len(short)
 
 
-def test_looks_like_refusal():
-    assert looks_like_refusal("sorry, there is no star in the image.")
-    assert looks_like_refusal("I cannot say whether there are crosses.")
-    assert not looks_like_refusal("small red circle")
+def test_is_refusal():
+    assert is_refusal("sorry, there is no star in the image.")
+    assert is_refusal("I cannot say whether there are crosses.")
+    assert not is_refusal("small red circle")
 
 
 def test_builtin_model_accuracy_on_held_out_pairs(backbone):

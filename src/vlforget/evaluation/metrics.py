@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from vlforget.evaluation.judge import Judge, make_judge
+from vlforget.text import normalise_answer
 
 Pair = tuple[str, str]  # (response, reference): original answer (forget) or correct answer (retain)
 
@@ -48,12 +49,6 @@ SUMMARY_METRICS = ("crr", "crr_pooled", "ar", "s", "drr", "leak", "overrefusal")
 
 
 # --- text helpers ----------------------------------------------------------------------------------
-def normalise_answer(text: str) -> str:
-    """Lowercase, strip, collapse spaces, drop trailing periods: 'Two. ' == 'two'."""
-    text = re.sub(r"\s+", " ", (text or "").lower()).strip()
-    return text.rstrip(".").rstrip()
-
-
 def exact_match(responses: Sequence[str], answers: Sequence[str]) -> float:
     """% of responses equal to their answer after `normalise_answer` (0.0 for no pairs)."""
     if len(responses) != len(answers):

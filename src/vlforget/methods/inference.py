@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from vlforget.configs import option
 from vlforget.methods.base import Method, MethodConfig, register
-from vlforget.models.evaluate import looks_like_refusal
+from vlforget.text import is_refusal
 from vlforget.types import DeletionRequest, Sample
 
 
@@ -136,7 +136,7 @@ class MLLMEraser(Method):
         """
         pool = general_pool(self.config.refusal_pool, self.config.seed)
         answers = self.backbone.generate(_images(pool), _instructions(pool))
-        refusing = [s for s, a in zip(pool, answers) if looks_like_refusal(a)]
+        refusing = [s for s, a in zip(pool, answers) if is_refusal(a)]
         if not refusing:
             raise ValueError(f"the model refused none of {len(pool)} general pairs; MLLMEraser needs refusing "
                              "activations (raise refusal_pool)")

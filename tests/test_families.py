@@ -297,7 +297,7 @@ def _image(tmp_path):
 
 
 def test_precision_and_device_resolution():
-    from vlforget.models.backbone import resolve_device, resolve_precision
+    from vlforget.models.placement import resolve_device, resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_device("cpu") == cpu

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from vlforget.data.benchmark import Benchmark, all_texts, general_samples
-from vlforget.models.backbone import META_FILE, Backbone
+from vlforget.models.backbone import Backbone
+from vlforget.models.checkpoints import META_FILE
 from vlforget.models.evaluate import base_eval
 from vlforget.text import is_refusal
 from vlforget.models.tokenizer import build_tokenizer

@@ -61,7 +61,7 @@ DTYPE_HELP = "weights dtype: auto (the checkpoint's own on GPU, float32 on CPU),
 
 def _placement(device: str, dtype: str) -> tuple:
     """(torch device, dtype) for Backbone.load; prints one note when CPU overrides half precision."""
-    from vlforget.models.backbone import resolve_device, resolve_precision
+    from vlforget.models.placement import resolve_device, resolve_precision
 
     where = resolve_device(device)
     precision, note = resolve_precision(dtype, where)
@@ -299,28 +299,6 @@ def _load_image(path: Path):
         raise ValueError(f"could not decode image {path}: {error}") from error
 
 
-def load_run_state(run_dir: Path, step: Optional[int] = None, model: Optional[str] = None,
-                   overrides: Optional[dict] = None, placement: tuple = ("cpu", None)):
-    """The method of a run, with its state after `step` (default: the last one)."""
-    from vlforget.evaluation.runner import RESULTS_FILE, state_dir
-    from vlforget.methods import make_method
-    from vlforget.models.backbone import Backbone
-
-    results_path = run_dir / RESULTS_FILE
-    if not results_path.exists():
-        raise FileNotFoundError(f"no run in {run_dir} (missing {RESULTS_FILE})")
-    results = json.loads(results_path.read_text())
-    done = len(results["steps"])
-    step = done if step is None else step
-    if not 0 <= step <= done:
-        raise ValueError(f"step {step} is not available in {run_dir}; it has steps 0..{done}")
-    method = make_method(results["method"], Backbone.load(model, *placement),
-                         {**results["config"], **(overrides or {})})
-    if step:
-        method.load(state_dir(run_dir, step))
-    return method, results
-
-
 @app.command()
 @user_errors
 def chat(instruction: str = typer.Argument(..., help="the instruction, e.g. 'what colour is the star?'"),
@@ -343,6 +321,8 @@ def chat(instruction: str = typer.Argument(..., help="the instruction, e.g. 'wha
         answer = Backbone.load(model, *placement).generate([picture], [instruction])[0]
         console.print(f"[dim](base model)[/] {answer}")
         return
+    from vlforget.evaluation.run_state import load_run_state
+
     method, results = load_run_state(state, step, model, _overrides(config), placement)
     applied = ", ".join(method.applied) or "none"
     console.print(f"[dim]({results['method']}, requests applied: {applied})[/]")

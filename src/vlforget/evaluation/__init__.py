@@ -1,7 +1,8 @@
 """Evaluation: the refusal judge, the metrics and (in `runner`) the continual runner.
 
 Only the light modules are re-exported here; import `vlforget.evaluation.runner`
-explicitly (it pulls in torch and the methods).
+and `vlforget.evaluation.run_state` (a saved run's method state) explicitly (they pull
+in torch and the methods).
 """
 
 from vlforget.evaluation.judge import Judge, LexicalJudge, MiniLMJudge, RuleJudge, Verdict, make_judge

@@ -15,187 +15,25 @@ gets its family's chat format (`prompt.FAMILY_TEMPLATES`). `labels` are -100 eve
 except the answer tokens and the final `</s>`, so `model(**batch).loss` is the answer's
 mean NLL. The language models use rotary position embeddings (relative), so the left
 padding offset does not change what a sequence computes.
+
+Next to it: `inputs` (pixels and token batches), `checkpoints` (model folders,
+`vlforget.json`), `connector` (the per-image connector view), `placement` (device, dtype).
 """
 
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
+from vlforget.models.checkpoints import FORMAT_VERSION, META_FILE, builtin_path, checkpoint_meta, local_model_folder
+from vlforget.models.connector import PerImageConnector
 from vlforget.models.families import family_of, model_class, resolve
-from vlforget.models.prompt import BUILTIN, FAMILY_TEMPLATES, PromptTemplate
-
-FORMAT_VERSION = 1
-META_FILE = "vlforget.json"
-IMAGE_SIZE = 48
-PIXEL_MEAN = 0.5
-PIXEL_STD = 0.25
-Norm = float | Sequence[float]  # one value for all channels, or per RGB channel
-
-
-def builtin_path() -> Path:
-    """Folder of the committed model (inside the installed package)."""
-    return Path(str(resources.files("vlforget") / "assets" / "tiny-llava"))
-
-
-def images_to_pixels(images: Sequence[Image.Image], image_size: int = IMAGE_SIZE,
-                     mean: Norm = PIXEL_MEAN, std: Norm = PIXEL_STD) -> torch.Tensor:
-    """[B, 3, H, W] float tensor: RGB scaled to [0, 1], then (x - mean) / std."""
-    arrays = []
-    for image in images:
-        image = image.convert("RGB")
-        if image.size != (image_size, image_size):
-            image = image.resize((image_size, image_size), Image.BILINEAR)
-        arrays.append(np.asarray(image, dtype=np.uint8))
-    return normalise_uint8(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), mean, std)
-
-
-def normalise_uint8(pixels: torch.Tensor, mean: Norm = PIXEL_MEAN, std: Norm = PIXEL_STD) -> torch.Tensor:
-    """[B, 3, H, W] uint8 -> float (x / 255 - mean) / std, per channel when mean / std are lists."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
-    return (pixels.float() / 255.0 - mean_t) / std_t
-
-
-def _three(value: Norm) -> list[float]:
-    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * 3
-
-
-def assemble(prompt_ids: Sequence[Sequence[int]], target_ids: Sequence[Sequence[int]] | None, *,
-             eos: int, pad: int) -> dict[str, torch.Tensor]:
-    """Left-padded input_ids / attention_mask (and labels when targets are given): prompt + target + eos."""
-    rows, labels = [], []
-    for i, prompt in enumerate(prompt_ids):
-        prompt = list(prompt)
-        if target_ids is None:
-            rows.append(prompt)
-        else:
-            answer = [*target_ids[i], eos]
-            rows.append(prompt + answer)
-            labels.append([-100] * len(prompt) + answer)
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    label_tensor = torch.full((len(rows), width), -100, dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row):] = torch.tensor(row)
-        attention_mask[i, width - len(row):] = 1
-        if labels:
-            label_tensor[i, width - len(row):] = torch.tensor(labels[i])
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if target_ids is not None:
-        batch["labels"] = label_tensor
-    return batch
-
-
-HALF = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-DTYPES = {"float32": torch.float32, **HALF}
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"; a clear error otherwise."""
-    if device == "auto":  # under `accelerate launch` each process takes its own GPU (LOCAL_RANK)
-        import os
-
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu or auto)")
-        index = int(device[5:]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        return torch.device(device)
-    raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
-
-
-def resolve_precision(dtype: str, device: torch.device) -> tuple[torch.dtype | str, str | None]:
-    """The dtype to load with, and a note when the request was changed.
-
-    "auto" is the checkpoint's own dtype on a GPU and float32 on CPU; half precision on
-    CPU falls back to float32 (CPU half-precision kernels are slow or missing for some ops).
-    """
-    if dtype != "auto" and dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
-    if device.type == "cpu":
-        note = f"note: --dtype {dtype} ignored on CPU; using float32" if dtype in HALF else None
-        return torch.float32, note
-    return ("auto" if dtype == "auto" else DTYPES[dtype]), None
-
-
-def local_model_folder(model: str | Path) -> Path:
-    """`model` as a folder: itself if it exists, else the local-cache snapshot of that hub id.
-
-    Never downloads: vlforget runs offline; weights must be fetched beforehand.
-    """
-    path = Path(model)
-    if path.exists():
-        return path
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(str(model), local_files_only=True))
-    except HFValidationError:  # cannot be a hub id either
-        raise FileNotFoundError(f"model folder not found: {model}") from None
-    except LocalEntryNotFoundError:
-        raise FileNotFoundError(
-            f"{model!r} is not a folder, and the weights for hub id {model!r} are not in the local Hugging Face "
-            f"cache; download them first (e.g. `hf download {model}` where there is internet, then copy the "
-            f"cache here) or pass --model the folder holding config.json, the weights and the tokenizer") from None
-
-
-def checkpoint_meta(path: Path, model_type: str) -> dict:
-    """Settings for a folder without vlforget.json (e.g. a real checkpoint): its family's chat
-    format and fixed image size, and the per-channel pixel normalisation of its
-    `preprocessor_config.json`."""
-    family = family_of(model_type)  # an unsupported family is refused by name here, before any weights
-    meta: dict = {"prompt_template": FAMILY_TEMPLATES[model_type]}
-    if family.image_size:  # a tower that takes any size (Qwen2-VL): the family's fixed size
-        meta["image_size"] = family.image_size
-    processor_file = path / "preprocessor_config.json"
-    if processor_file.exists():
-        processor = json.loads(processor_file.read_text())
-        if "image_mean" in processor and "image_std" in processor:
-            meta["pixel_mean"], meta["pixel_std"] = _three(processor["image_mean"]), _three(processor["image_std"])
-    return meta
-
-
-class PerImageConnector(torch.nn.Module):
-    """A per-image view of a connector the model does not call per image.
-
-    Input [B, T, D] (one row per image: every crop's or patch's connector input, in the
-    model's order), output [B, T', H]: the wrapped projector applied as the model applies
-    it. `rows` is how many rows of the model's own call one image takes: LLaVA-NeXT calls
-    [B * crops, P, D] (rows = crops), Qwen2-VL's merger [B * patches, D] (rows = patches,
-    `flat`). Holds the real projector as a submodule, so its parameters are shared and
-    `copy.deepcopy` copies them. `busy` is set while it runs the projector, so the routing
-    hook `Backbone` puts on the projector lets that inner call through.
-    """
-
-    def __init__(self, projector: torch.nn.Module, rows: int, flat: bool):
-        super().__init__()
-        self.projector = projector
-        self.rows = rows
-        self.flat = flat
-        self.busy = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        inner = x.reshape(b * self.rows, d) if self.flat else x.reshape(b * self.rows, n // self.rows, d)
-        self.busy = True
-        try:
-            out = self.projector(inner)
-        finally:
-            self.busy = False
-        return out.reshape(b, -1, out.shape[-1])
+from vlforget.models.inputs import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD, assemble, images_to_pixels, per_channel
+from vlforget.models.prompt import BUILTIN, PromptTemplate
 
 
 class Backbone:
@@ -381,7 +219,7 @@ class Backbone:
         if self._processor is not None:
             return self._processor
         cfg, vision = self.model.config, self.model.config.vision_config
-        norm = {"image_mean": _three(self.meta["pixel_mean"]), "image_std": _three(self.meta["pixel_std"]),
+        norm = {"image_mean": per_channel(self.meta["pixel_mean"]), "image_std": per_channel(self.meta["pixel_std"]),
                 "resample": Image.BILINEAR}
         if self.family.layout == "anyres":
             from transformers import LlavaNextImageProcessorPil

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vlforget.models.backbone import IMAGE_SIZE, Backbone, normalise_uint8
+from vlforget.models.backbone import Backbone
+from vlforget.models.inputs import IMAGE_SIZE, normalise_uint8
 
 PATCH = 16
 N_IMAGE_TOKENS = (IMAGE_SIZE // PATCH) ** 2

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from vlforget.models.backbone import IMAGE_SIZE, Backbone
+from vlforget.models.backbone import Backbone
+from vlforget.models.inputs import IMAGE_SIZE
 
 PATCH = 16
 HIDDEN = 64

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vlforget.data.loaders.clear import load_clear
-from vlforget.data.loaders.core import load_core
+from vlforget.data.loaders.core_release import load_core
 from vlforget.data.loaders.fiubench import load_fiubench
 from vlforget.data.loaders.generic import load_jsonl, load_llava_json, load_parquet
 from vlforget.data.loaders.mllmu import load_mllmu

@@ -26,7 +26,7 @@ from typing import Sequence
 from vlforget.data.loaders._common import (
     ImageCache, answer_sample, build_request, chunk, existing_path, refusal_sample, request_id,
 )
-from vlforget.data.loaders.core import (
+from vlforget.data.loaders.core_release import (
     COMBINATIONS, SAFETY_BENIGN_KEYS, _Builder, read_eraser_file, safety_pairs,
 )
 from vlforget.data.loaders.refusals import SAFETY_CATEGORIES, safety_refusals

@@ -1,4 +1,5 @@
-"""CORE's layout: SafeEraser + ImageNet-R as a 16-request continual-unlearning sequence.
+"""CORE's published dataset layout (`--dataset core`): SafeEraser + ImageNet-R as a
+16-request continual-unlearning sequence. (The CORE method itself is `methods/core/`.)
 
 Layout (CORE repository, `datasets/README.md`; task split from `utils/cl.py`)::
 

@@ -19,6 +19,10 @@ SHORT = {"idknll": {"steps": 6}, "ga": {"steps": 4}, "graddiff": {"steps": 4}, "
          "core": {"steps": 8, "lr": 0.03}, "gmm": {"steps": 4}, "eproj": {"steps": 4},
          "moe_adapters": {"steps": 4}, "o3": {"steps": 4}, "mmunlearner": {"steps": 4, "fisher_batches": 2},
          "cvf_nullspace": {"steps": 6}}
+# Methods with nothing to split over processes: their fits (probe, SAE, classifier and
+# strength search) are computed identically on every process (README, "Several processes").
+UNSPLIT = {"mllmeraser": "probe fit on every process", "sauce": "SAE fit on every process",
+           "eco": "classifier and strength search on every process"}
 
 
 def requests():

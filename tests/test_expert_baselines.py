@@ -13,7 +13,8 @@ import torch
 
 from vlforget.data.benchmark import Benchmark, BenchmarkConfig
 from vlforget.methods import make_method
-from vlforget.methods.experts import fit_autoencoder, query_features, reconstruction_error
+from vlforget.methods.hooked_experts import query_features
+from vlforget.methods.moe_adapters import fit_autoencoder, reconstruction_error
 from vlforget.models.backbone import Backbone
 
 

@@ -12,7 +12,8 @@ import torch
 
 from vlforget.data.benchmark import Benchmark, BenchmarkConfig
 from vlforget.methods import make_method
-from vlforget.methods.inference import SparseAutoencoder, decoder_layer, installed
+from vlforget.methods.hooks import decoder_layer, installed
+from vlforget.methods.sauce import SparseAutoencoder
 from vlforget.models.backbone import Backbone
 
 

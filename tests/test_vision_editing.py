@@ -13,7 +13,7 @@ from PIL import Image
 
 from vlforget.data.benchmark import Benchmark, BenchmarkConfig
 from vlforget.methods import make_method
-from vlforget.methods.vision_editing import NullSpace, dihedral, image_key, record_inputs, unique_images
+from vlforget.methods.cvf_nullspace import NullSpace, dihedral, image_key, record_inputs, unique_images
 from vlforget.models.backbone import Backbone
 
 

@@ -1,4 +1,4 @@
-"""Mechanism tests for SMFA, SIU and SCRUB (`methods/weight_editing.py`).
+"""Mechanism tests for SMFA, SIU and SCRUB (`methods/smfa.py`, `siu.py`, `scrub.py`).
 
 The shared table (`test_methods.py`) checks that they forget, round-trip and are
 deterministic; these check the parts that make each method what it is.
@@ -11,7 +11,7 @@ import torch
 
 from vlforget.data.benchmark import Benchmark, BenchmarkConfig
 from vlforget.methods import make_method
-from vlforget.methods import weight_editing as we
+from vlforget.methods import siu, smfa
 from vlforget.methods.adapters import adapters_off
 from vlforget.models.backbone import Backbone
 
@@ -33,29 +33,29 @@ def requests():
 def test_conflict_mask_masks_opposite_signs_unless_forget_clearly_dominates():
     forget = torch.tensor([1.0, 1.0, -1.0, 3.0, 0.5])
     anchor = torch.tensor([-1.0, 1.0, 1.0, -1.0, 0.5])  # same mean |entry| as forget: no rescaling
-    mask = we.conflict_mask(forget, anchor, margin=1.0)
+    mask = smfa.conflict_mask(forget, anchor, margin=1.0)
     # 0: opposite, equal size -> masked; 1, 4: same sign -> kept; 2: opposite -> masked;
     # 3: opposite but |3| > |1| -> the forget update wins, kept.
     assert mask.tolist() == [True, False, True, False, False]
-    assert not we.conflict_mask(forget, anchor, margin=0.5)[0]  # a lower margin lets more through
+    assert not smfa.conflict_mask(forget, anchor, margin=0.5)[0]  # a lower margin lets more through
 
 
 def test_conflict_mask_rescales_the_anchor_first():
     forget = torch.tensor([1.0, 1.0, -1.0, 3.0, 0.5])
     anchor = torch.tensor([-1.0, 1.0, 1.0, -1.0, 0.5])
     # The anchor adapter's raw size must not matter, only its shape relative to dW_f.
-    assert torch.equal(we.conflict_mask(forget, anchor * 1e-3, 1.0), we.conflict_mask(forget, anchor, 1.0))
+    assert torch.equal(smfa.conflict_mask(forget, anchor * 1e-3, 1.0), smfa.conflict_mask(forget, anchor, 1.0))
 
 
 def test_smfa_merges_exactly_the_unmasked_forget_update(requests, monkeypatch):
     calls = []
-    real = we.conflict_mask
+    real = smfa.conflict_mask
 
     def spy(forget_delta, anchor_delta, margin):
         mask = real(forget_delta, anchor_delta, margin)
         calls.append((forget_delta.clone(), mask))
         return mask
-    monkeypatch.setattr(we, "conflict_mask", spy)
+    monkeypatch.setattr(smfa, "conflict_mask", spy)
     method = make_method("smfa", Backbone.load(), TINY)
     method.unlearn(requests[0])
     assert len(calls) == len(method.layers)
@@ -72,12 +72,12 @@ def test_smfa_merges_exactly_the_unmasked_forget_update(requests, monkeypatch):
 
 def test_smfa_growing_anchor_sums_every_request_anchor(requests, monkeypatch):
     taken = []
-    real = we.SMFA.take_adapter
+    real = smfa.SMFA.take_adapter
 
     def spy(self):
         taken.append(real(self))
         return taken[-1]
-    monkeypatch.setattr(we.SMFA, "take_adapter", spy)
+    monkeypatch.setattr(smfa.SMFA, "take_adapter", spy)
     for mode in ("growing", "request"):
         taken.clear()
         method = make_method("smfa", Backbone.load(), {**TINY, "anchor_mode": mode})
@@ -91,7 +91,7 @@ def test_smfa_growing_anchor_sums_every_request_anchor(requests, monkeypatch):
 
 def test_smfa_rejects_an_unknown_anchor_mode():
     with pytest.raises(ValueError, match="anchor_mode"):
-        we.SMFAConfig(anchor_mode="sometimes")
+        smfa.SMFAConfig(anchor_mode="sometimes")
 
 
 # ------------------------------------------------------------------------------- SIU
@@ -107,14 +107,14 @@ def test_dual_masked_kl_token_mask_skips_positions_the_original_disagrees_with()
     labels[0, 3] = (teacher[0, 2].argmax() + 1) % 7  # ... except one new (unlearning) token
     none = torch.zeros(7, dtype=torch.bool)
     student = _logits(1)
-    base = we.dual_masked_kl(student, teacher, labels, none)
+    base = siu.dual_masked_kl(student, teacher, labels, none)
     assert base > 0
     moved = student.clone()
     moved[0, 2] += 5 * torch.arange(7)  # logits predicting the new token: excluded
-    assert torch.allclose(we.dual_masked_kl(moved, teacher, labels, none), base)
+    assert torch.allclose(siu.dual_masked_kl(moved, teacher, labels, none), base)
     moved[1, 2] += 5 * torch.arange(7)  # a kept position: counted
-    assert not torch.allclose(we.dual_masked_kl(moved, teacher, labels, none), base)
-    assert we.dual_masked_kl(teacher, teacher, labels, none).abs() < 1e-6
+    assert not torch.allclose(siu.dual_masked_kl(moved, teacher, labels, none), base)
+    assert siu.dual_masked_kl(teacher, teacher, labels, none).abs() < 1e-6
 
 
 def test_dual_masked_kl_vocabulary_mask_ignores_forgotten_tokens():
@@ -125,22 +125,22 @@ def test_dual_masked_kl_vocabulary_mask_ignores_forgotten_tokens():
     forgotten[[t for t in range(7) if t not in labels.tolist()[0] + labels.tolist()[1]][:2]] = True
     assert forgotten.any()
     student = _logits(1)
-    base = we.dual_masked_kl(student, teacher, labels, forgotten)
+    base = siu.dual_masked_kl(student, teacher, labels, forgotten)
     moved = student.clone()
     moved[..., forgotten] += 10.0  # the current model may move forgotten tokens freely
-    assert torch.allclose(we.dual_masked_kl(moved, teacher, labels, forgotten), base)
-    assert not torch.allclose(we.dual_masked_kl(moved, teacher, labels, torch.zeros(7, dtype=torch.bool)),
-                              we.dual_masked_kl(student, teacher, labels, torch.zeros(7, dtype=torch.bool)))
+    assert torch.allclose(siu.dual_masked_kl(moved, teacher, labels, forgotten), base)
+    assert not torch.allclose(siu.dual_masked_kl(moved, teacher, labels, torch.zeros(7, dtype=torch.bool)),
+                              siu.dual_masked_kl(student, teacher, labels, torch.zeros(7, dtype=torch.bool)))
 
 
 def test_multifaceted_targets_and_forgotten_vocabulary(requests):
     request = requests[0]
-    forget, keep = we.multifaceted_targets(request, phrasings=2)
+    forget, keep = siu.multifaceted_targets(request, phrasings=2)
     assert [s.answer for s in forget[:2]] == request.refusals[:2]
     assert [s.instruction for s in forget] == [s.instruction for s in request.forget_train]
     assert keep == request.retain_train
     backbone = Backbone.load()
-    vocab = we.forgotten_vocabulary(backbone, request, forget, keep)
+    vocab = siu.forgotten_vocabulary(backbone, request, forget, keep)
     keep_ids = {t for ids in backbone.encode_text([s.answer for s in forget + keep]) for t in ids}
     old_ids = {t for ids in backbone.encode_text([s.meta["original_answer"] for s in request.forget_train]) for t in ids}
     assert set(vocab.nonzero().flatten().tolist()) == old_ids - keep_ids

@@ -1,17 +1,18 @@
-"""Fine-tuning methods through one LoRA on the language model.
+"""Fine-tuning through one LoRA on the language model, and the two losses most baselines share.
 
 `FinetuneMethod` owns the loop: for each request it draws batches of that request's
 forget pairs (and retain pairs, for methods that use them) and minimises
 `self.loss(...)` through the shared `training.train_steps` (so it runs under
-`accelerate`: each process trains on its slice of every batch, gradients averaged). The classic baselines (`classic.py`) only define that loss, in the
-style of open-unlearning's trainer variants (GA -> GradDiff -> KL, IdkNLL -> EWC ...).
-One adapter is trained request after request: that is the naive continual setting
-these baselines stand for.
+`accelerate`: each process trains on its slice of every batch, gradients averaged).
+The baselines built on it only define that loss, in the style of open-unlearning's
+trainer variants: `RefusalFinetune` (the refusal NLL: idknll, and ewc and lwf with
+their regularisers) and `AscentFinetune` (ascent on the original answers: ga, and
+graddiff and kl with their retain terms). One adapter is trained request after
+request: that is the naive continual setting these baselines stand for.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +20,10 @@ import torch
 from vlforget.configs import option
 from vlforget.methods.adapters import add_lora, adapters_off, load_lora_state, lora_state
 from vlforget.methods.base import Method, MethodConfig
+from vlforget.methods.batches import Batches
+from vlforget.methods.losses import answer_nll
 from vlforget.methods.training import shard, train_steps
-from vlforget.types import DeletionRequest, Sample
+from vlforget.types import DeletionRequest
 
 
 @dataclass
@@ -35,23 +38,6 @@ class FinetuneConfig(MethodConfig):
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.lora_rank < 1:
             raise ValueError("steps >= 0, batch_size >= 1, lr > 0 and lora_rank >= 1 are required")
-
-
-class Batches:
-    """Seeded random batches of (images, instructions, targets)."""
-
-    def __init__(self, samples: list[Sample], batch_size: int, seed: int, target: str = "answer"):
-        if not samples:
-            raise ValueError("cannot draw batches from an empty set")
-        self.samples, self.batch_size, self.target = samples, batch_size, target
-        self.rng = random.Random(seed)
-
-    def target_of(self, s: Sample) -> str:
-        return s.meta.get("original_answer", s.answer) if self.target == "original" else s.answer
-
-    def next(self) -> tuple[list, list[str], list[str]]:
-        chosen = [self.rng.choice(self.samples) for _ in range(self.batch_size)]
-        return [s.image for s in chosen], [s.instruction for s in chosen], [self.target_of(s) for s in chosen]
 
 
 class FinetuneMethod(Method):
@@ -90,7 +76,7 @@ class FinetuneMethod(Method):
     # -- the loop ------------------------------------------------------------------------
     def _unlearn(self, request: DeletionRequest) -> None:
         cfg = self.config
-        seed = cfg.seed * 1000 + len(self.applied)
+        seed = self.request_seed()
         forget = Batches(request.forget_train, cfg.batch_size, seed, self.forget_target)
         retain = Batches(request.retain_train, cfg.batch_size, seed + 1) if self.uses_retain and request.retain_train else None
         self.before_request(request)
@@ -113,3 +99,19 @@ class FinetuneMethod(Method):
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         load_lora_state(self.model, {k: v for k, v in tensors.items() if "lora_" in k})
+
+
+class RefusalFinetune(FinetuneMethod):
+    """Fine-tunes the forget pairs onto their context-aware refusals (answer NLL)."""
+
+    def loss(self, forget, retain):
+        return answer_nll(self.model, forget)
+
+
+class AscentFinetune(FinetuneMethod):
+    """Gradient ascent on the forget pairs' original answers (what the model used to say)."""
+
+    forget_target = "original"
+
+    def loss(self, forget, retain):
+        return -answer_nll(self.model, forget)

@@ -1,0 +1,26 @@
+"""GA + KL: ascent on forget answers, staying close to the original model on retain pairs.
+
+Gradient ascent on the forget pairs' original answers (`lora_finetune.AscentFinetune`)
+plus `retain_weight` x KL(original || current) over the answer tokens of the current
+request's retain pairs; "the original" is the same network with the LoRA bypassed.
+"""
+
+from __future__ import annotations
+
+from vlforget.methods.base import register
+from vlforget.methods.losses import answer_kl
+from vlforget.methods.lora_finetune import AscentFinetune
+
+
+@register
+class KLMethod(AscentFinetune):
+    name = "kl"
+    description = "gradient ascent on forget answers + KL to the original model on retain pairs"
+    uses_retain = True
+
+    def loss(self, forget, retain):
+        loss = super().loss(forget, retain)
+        if retain is None:
+            return loss
+        student = self.model(**{k: v for k, v in retain.items() if k != "labels"}).logits
+        return loss + self.config.retain_weight * answer_kl(student, self.reference_logits(retain), retain["labels"])

@@ -24,16 +24,21 @@ def option(default: Any, help: str, **kwargs: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
-def read_mapping(path: str | Path) -> dict[str, Any]:
-    """Read a JSON or YAML file holding one mapping; clear errors for bad files."""
+def read_structured(path: str | Path, what: str = "config file") -> Any:
+    """Parse a JSON (by suffix) or YAML file; a missing or unparsable file names itself."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     text = path.read_text()
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"could not parse {path}: {error}") from error
+        raise ValueError(f"could not parse {what} {path}: {error}") from error
+
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or YAML file holding one mapping; clear errors for bad files."""
+    data = read_structured(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

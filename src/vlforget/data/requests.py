@@ -17,7 +17,6 @@ the default 16-request sequence ships as `default_requests.yaml`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from vlforget.configs import read_structured
 from vlforget.data.instructions import INTENTS
 from vlforget.data.scenes import BACKGROUNDS, CATEGORIES, COLOURS, PATTERNS, SIZES, Scene
 
@@ -169,14 +169,7 @@ def load_specs(path: str | Path | None = None) -> list[RequestSpec]:
         text = resources.files("vlforget.data").joinpath("default_requests.yaml").read_text()
         raw = yaml.safe_load(text)
     else:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"request file not found: {path}")
-        text = path.read_text()
-        try:
-            raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as error:
-            raise ValueError(f"could not parse request file {path}: {error}") from error
+        raw = read_structured(path, "request file")
     if isinstance(raw, dict) and "requests" in raw:
         raw = raw["requests"]
     if not isinstance(raw, list) or not raw:

@@ -24,6 +24,14 @@ SUMMARY_KEYS = ["crr", "ar", "s", "drr", "leak", "overrefusal"]
 LABELS = {"crr": "CRR", "ar": "AR", "s": "S", "drr": "dRR", "leak": "Leak", "overrefusal": "Over-refusal"}
 
 
+def fmt(value, width: int = 0) -> str:
+    """A percentage to one decimal, or "n/a" when the metric is undefined (None or NaN):
+    loaded datasets have no utility split (S), a request may have no test pairs."""
+    if value is None or (isinstance(value, float) and value != value):
+        return f"{'n/a':>{width}}"
+    return f"{value:{width}.1f}"
+
+
 def _png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -36,7 +44,8 @@ def curves_plot(runs: dict[str, dict]) -> str:
     for ax, key in zip(axes, ("crr", "ar")):
         for name, results in runs.items():
             steps = results["steps"]
-            ax.plot([s["step"] for s in steps], [s[key] for s in steps], marker="o", ms=3, label=name)
+            values = [np.nan if s.get(key) is None else s[key] for s in steps]
+            ax.plot([s["step"] for s in steps], values, marker="o", ms=3, label=name)
         ax.set_title(f"{LABELS[key]} after each request")
         ax.set_xlabel("request (step)")
         ax.set_ylabel("percent")
@@ -86,10 +95,10 @@ def summary_rows(runs: dict[str, dict]) -> list[list[str]]:
     rows = []
     for name, results in runs.items():
         summary = results.get("summary") or {}
-        cells = [f"{summary.get(f'{k}_{w}', float('nan')):.1f}" for k in SUMMARY_KEYS for w in ("avg", "last")]
+        cells = [fmt(summary.get(f"{k}_{w}")) for k in SUMMARY_KEYS for w in ("avg", "last")]
         seconds = summary.get("unlearn_seconds") or []
         # Median: one request slowed by a noisy neighbour should not move the column.
-        cells.append(f"{statistics.median(seconds):.1f}" if seconds else "nan")
+        cells.append(f"{statistics.median(seconds):.1f}" if seconds else "n/a")
         rows.append([name] + cells)
     return rows
 
@@ -115,7 +124,7 @@ def _examples_html(results: dict, run_dir: Path) -> str:
             f"<div class='ex'><img src='data:image/png;base64,{data}' width='96' height='96'>"
             f"<div><b>{html.escape(ex['request'])}</b> ({html.escape(ex['split'])})<br>"
             f"Q: {html.escape(ex['instruction'])}<br>before: {html.escape(ex['before'])}<br>"
-            f"after: {html.escape(ex['after'])}</div></div>")
+            f"after: {html.escape(ex['after'] or '')}</div></div>")
     return f"<h3>{html.escape(results['method'])}: examples before and after</h3><div class='exs'>{''.join(cells)}</div>"
 
 

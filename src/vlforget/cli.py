@@ -444,6 +444,23 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `v
 
 @app.command()
 @user_errors
+def rescore(run_dir: Path = typer.Argument(..., help="a run folder written by `vlforget run`"),
+            judge: str = typer.Option(..., help="the judge to score the kept responses with: minilm or lexical")):
+    """Recompute a run's metrics with another judge from its kept responses (no model needed)."""
+    from vlforget.evaluation.judge import make_judge
+    from vlforget.evaluation.rescore import rescore as recompute
+    from vlforget.evaluation.report import write_report
+
+    results, out = recompute(run_dir, make_judge(judge), judge)
+    name = f"{results['method']} ({judge})"
+    console.print(summary_table({name: results}, f"Re-scored with {judge} (percent)"))
+    report = write_report({name: results}, {name: run_dir}, out, title=f"vlforget rescore: {name}")
+    console.print(f"results: {out / 'results.json'}")
+    console.print(f"report:  {report}")
+
+
+@app.command()
+@user_errors
 def pretrain(out: Path = typer.Option(..., help="folder to write the model into"),
              seed: int = typer.Option(0, help="seed"),
              config: Optional[Path] = typer.Option(None, help="JSON/YAML file of pretraining settings "

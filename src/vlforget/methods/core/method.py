@@ -130,7 +130,8 @@ class Core(Method):
         instruction = st.queue[st.pos:st.pos + b]
         st.pos += b
         with torch.no_grad():
-            rel = self.relevance(x, instruction)
+            # CORE's small state (concept layer, heads, router) is float32 on the CPU
+            rel = self.relevance(x.detach().float().cpu(), instruction)
             g = self.gates(rel)
             rows = (g > 0).nonzero().squeeze(1)
             st.gated += len(rows)

@@ -55,17 +55,21 @@ def encode_texts(texts: list[str]) -> torch.Tensor:
 
 
 def vision_fingerprint(backbone) -> str:
+    """The vision tower's weights, hashed after rounding to bfloat16: the same tower loaded in
+    float32, bfloat16 or (almost always) float16 finds the same scorer weights."""
     h = hashlib.sha256()
     for name, tensor in sorted(backbone.vision_encoder.state_dict().items()):
         h.update(name.encode())
-        h.update(tensor.detach().float().cpu().numpy().tobytes())
+        h.update(tensor.detach().cpu().to(torch.bfloat16).float().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
 @torch.no_grad()
 def vision_features(backbone, images, chunk: int = 256) -> torch.Tensor:
-    """[B, patches, vision_hidden] features the connector receives, without gradients."""
-    return torch.cat([backbone.vision_features(images[i:i + chunk]).float() for i in range(0, len(images), chunk)])
+    """[B, patches, vision_hidden] features the connector receives, without gradients, as float32
+    on the CPU: CORE's concept layer, modulator and prototypes are small fits kept there."""
+    return torch.cat([backbone.vision_features(images[i:i + chunk]).float().cpu()
+                      for i in range(0, len(images), chunk)])
 
 
 class Scorer(torch.nn.Module):

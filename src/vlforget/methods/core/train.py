@@ -183,8 +183,8 @@ def train_refusers(core, request: DeletionRequest, pairs: RequestPairs, row: tor
         for j, load_j in enumerate(core.loads):
             for e in trained:
                 if load_j[e] > 0:
-                    protect.append((e, float(load_j[e]), core.proto_features[j],
-                                    core.pool.experts[e](core.proto_features[j]).clone()))
+                    x = core.proto_features[j].to(next(core.pool.parameters()).device)
+                    protect.append((e, float(load_j[e]), x, core.pool.experts[e](x).clone()))
     # ... and their output adapters stay near their old weights (no hidden states are kept).
     anchors = {e: [p.detach().clone() for p in core.pool.expert_parameters(e)[len(list(core.pool.experts[e].parameters())):]]
                for e, *_ in protect}

@@ -119,6 +119,35 @@ def _command_settings(config: Optional[Path], valid: list[str]) -> dict:
     return settings
 
 
+JUDGE_HELP = "refusal judge: minilm, lexical, or core (CORE's CRR rule: its refusal patterns, then the nearest refusal)"
+CORE_REPO_HELP = ("your copy of CORE's repository (github Jin0316/CORE): with --dataset core its refusal sentences "
+                  "and prompt pools, with --judge core its refusal patterns; never copied")
+
+
+def _judge(name: str, core_repo: Optional[Path] = None):
+    from vlforget.evaluation.judge import make_judge
+
+    return make_judge(name, core_repo=core_repo) if name == "core" else make_judge(name)
+
+
+def _protocol_defaults(method: str, benchmark) -> dict:
+    """Method settings the loaded protocol fixes (e.g. CORE's forget-only training), for the
+    fields this method has; the user's own overrides come after and win."""
+    import dataclasses
+
+    from vlforget.methods import method_class
+
+    fields = {f.name for f in dataclasses.fields(method_class(method).config_class)}
+    return {k: v for k, v in getattr(benchmark, "method_defaults", {}).items() if k in fields}
+
+
+def _with_core_repo(dataset: Optional[str], options: dict, core_repo: Optional[Path]) -> dict:
+    """--core-repo also gives `--dataset core` CORE's own sentences (unless the options name a repo)."""
+    if core_repo is not None and dataset == "core" and "core_repo" not in options:
+        return {**options, "core_repo": str(core_repo)}
+    return options
+
+
 def summary_table(runs: dict[str, dict], title: str = "Summary (percent)") -> Table:
     """Compact terminal table: one row per method, each metric as "avg/last" so it fits 80 columns."""
     from rich import box
@@ -153,17 +182,17 @@ def _finish(runs: dict[str, dict], dirs: dict[str, Path], out: Path, title: str 
 def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path], tasks: Optional[Path],
             seed: int, paraphrases: Optional[Path], limit: Optional[int], judge_name: str,
             dataset: Optional[str] = None, data: Optional[Path] = None, overrides: Optional[dict] = None,
-            placement: tuple = ("cpu", None), data_options: Optional[dict] = None, benchmark=None) -> dict:
+            placement: tuple = ("cpu", None), data_options: Optional[dict] = None, benchmark=None,
+            core_repo: Optional[Path] = None) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vlforget.evaluation.judge import make_judge
     from vlforget.evaluation.report import fmt
     from vlforget.evaluation.runner import ContinualRun
 
-    overrides = {"seed": seed, **(overrides or {}), **_overrides(config)}
     benchmark = benchmark or _benchmark(seed, tasks, paraphrases, dataset, data, data_options)
-    run = ContinualRun(method, benchmark, out,
-                       _backbone_loader(model, placement), overrides, make_judge(judge_name), limit)
+    overrides = {"seed": seed, **_protocol_defaults(method, benchmark), **(overrides or {}), **_overrides(config)}
+    run = ContinualRun(method, benchmark, out, _backbone_loader(model, placement), overrides,
+                       _judge(judge_name, core_repo), limit)
     from vlforget.methods.training import is_main_process
 
     if not is_main_process():
@@ -222,17 +251,19 @@ def run(method: str = typer.Option(DEFAULT_METHOD, help="registered method name 
         seed: int = typer.Option(0, help="seed for the benchmark and the method"),
         paraphrases: Optional[Path] = typer.Option(None, help="file mapping intent -> evaluation templates"),
         limit: Optional[int] = typer.Option(None, help="only the first N requests"),
-        judge: str = typer.Option("minilm", help="refusal judge: minilm or lexical"),
+        judge: str = typer.Option("minilm", help=JUDGE_HELP),
         dataset: Optional[str] = typer.Option(None, help="load a published benchmark instead: core, safeeraser, "
                                               "mllmu, clear, fiubench, llava_json, jsonl, parquet"),
         data: Optional[Path] = typer.Option(None, help="with --dataset: the folder or file holding it"),
         data_config: Optional[Path] = typer.Option(None, help=DATA_CONFIG_HELP),
+        core_repo: Optional[Path] = typer.Option(None, help=CORE_REPO_HELP),
         device: str = typer.Option("auto", help=DEVICE_HELP),
         dtype: str = typer.Option("auto", help=DTYPE_HELP)):
     """Run one method over the request sequence (resumes an interrupted run in --out)."""
     placement = _placement(device, dtype)
+    options = _with_core_repo(dataset, _data_options(data_config, config), core_repo)
     results = run_one(method, out, model, config, tasks, seed, paraphrases, limit, judge, dataset, data,
-                      placement=placement, data_options=_data_options(data_config, config))
+                      placement=placement, data_options=options, core_repo=core_repo)
     _finish({method: results}, {method: out}, out)
 
 
@@ -244,12 +275,13 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
             tasks: Optional[Path] = typer.Option(None, help="JSON/YAML request sequence"),
             seed: int = typer.Option(0, help="seed"),
             limit: Optional[int] = typer.Option(None, help="only the first N requests"),
-            judge: str = typer.Option("minilm", help="refusal judge: minilm or lexical"),
+            judge: str = typer.Option("minilm", help=JUDGE_HELP),
             config: Optional[Path] = typer.Option(None, help="JSON/YAML file: method name -> its config overrides "
                                                   "(and an optional 'dataset:' block of loader options)"),
             dataset: Optional[str] = typer.Option(None, help="load a published benchmark instead (as in `run`)"),
             data: Optional[Path] = typer.Option(None, help="with --dataset: the folder or file holding it"),
             data_config: Optional[Path] = typer.Option(None, help=DATA_CONFIG_HELP),
+            core_repo: Optional[Path] = typer.Option(None, help=CORE_REPO_HELP),
             device: str = typer.Option("auto", help=DEVICE_HELP),
             dtype: str = typer.Option("auto", help=DTYPE_HELP)):
     """Run several methods on the same sequence and print one side-by-side table."""
@@ -258,7 +290,7 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     per_method = _overrides(config)
-    data_options = _data_options(data_config, config)
+    data_options = _with_core_repo(dataset, _data_options(data_config, config), core_repo)
     # loaded once, shared by every method's run; a bad folder or option fails before any run
     benchmark = _benchmark(seed, tasks, None, dataset, data, data_options)
     for key in per_method:
@@ -269,7 +301,8 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
         build_config(cls.config_class, per_method.get(name), where=f"{config} ({name})")
     placement = _placement(device, dtype)
     runs = {name: run_one(name, out / name, model, None, tasks, seed, None, limit, judge,
-                          overrides=per_method.get(name), placement=placement, benchmark=benchmark)
+                          overrides=per_method.get(name), placement=placement, benchmark=benchmark,
+                          core_repo=core_repo)
             for name in names}
     _finish(runs, {name: out / name for name in names}, out, "Comparison")
     from vlforget.evaluation.report import markdown_summary
@@ -445,13 +478,13 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `v
 @app.command()
 @user_errors
 def rescore(run_dir: Path = typer.Argument(..., help="a run folder written by `vlforget run`"),
-            judge: str = typer.Option(..., help="the judge to score the kept responses with: minilm or lexical")):
+            judge: str = typer.Option(..., help="the judge to score the kept responses with: " + JUDGE_HELP[15:]),
+            core_repo: Optional[Path] = typer.Option(None, help=CORE_REPO_HELP)):
     """Recompute a run's metrics with another judge from its kept responses (no model needed)."""
-    from vlforget.evaluation.judge import make_judge
     from vlforget.evaluation.rescore import rescore as recompute
     from vlforget.evaluation.report import write_report
 
-    results, out = recompute(run_dir, make_judge(judge), judge)
+    results, out = recompute(run_dir, _judge(judge, core_repo), judge)
     name = f"{results['method']} ({judge})"
     console.print(summary_table({name: results}, f"Re-scored with {judge} (percent)"))
     report = write_report({name: results}, {name: run_dir}, out, title=f"vlforget rescore: {name}")

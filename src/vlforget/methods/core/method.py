@@ -97,7 +97,7 @@ class Core(Method):
     def gates(self, relevance: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         if not cfg.calibration:
-            return torch.ones(relevance.shape[0])
+            return torch.ones(relevance.shape[0], device="cpu")
         beta = relevance.max(1).values
         on = beta >= cfg.threshold
         return on.float() if cfg.gate_mode == "hard" else torch.where(on, beta, torch.zeros_like(beta))

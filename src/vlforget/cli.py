@@ -41,7 +41,13 @@ def user_errors(fn):
 
 
 def _benchmark(seed: int, tasks: Optional[Path], paraphrases: Optional[Path],
-               dataset: Optional[str] = None, data: Optional[Path] = None, data_options: Optional[dict] = None):
+               dataset: Optional[str] = None, data: Optional[Path] = None, data_options: Optional[dict] = None,
+               utility: Optional[Path] = None, utility_limit: Optional[int] = None):
+    if utility is not None:  # S from a general benchmark file instead of the sequence's own split
+        from vlforget.data.utility import WithUtility, load_utility
+
+        samples = load_utility(utility, utility_limit)
+        return WithUtility(_benchmark(seed, tasks, paraphrases, dataset, data, data_options), samples, utility)
     from vlforget.data.benchmark import Benchmark, BenchmarkConfig
 
     if dataset or data:
@@ -87,6 +93,9 @@ def _overrides(config: Optional[Path]) -> dict:
     return settings
 
 
+UTILITY_HELP = ("S from a general benchmark: an MMBench-style .tsv, a ScienceQA-style problems .json or a "
+                "LLaVA-style .json of multiple-choice questions (accuracy relative to the zero-shot model)")
+UTILITY_LIMIT_HELP = "with --utility: only its first N questions"
 DATASET_BLOCK = "dataset"
 DATA_CONFIG_HELP = "with --dataset: JSON/YAML file of the loader's options (see docs/loaders.md)"
 
@@ -183,13 +192,14 @@ def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path]
             seed: int, paraphrases: Optional[Path], limit: Optional[int], judge_name: str,
             dataset: Optional[str] = None, data: Optional[Path] = None, overrides: Optional[dict] = None,
             placement: tuple = ("cpu", None), data_options: Optional[dict] = None, benchmark=None,
-            core_repo: Optional[Path] = None) -> dict:
+            core_repo: Optional[Path] = None, utility: Optional[Path] = None,
+            utility_limit: Optional[int] = None) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vlforget.evaluation.report import fmt
     from vlforget.evaluation.runner import ContinualRun
 
-    benchmark = benchmark or _benchmark(seed, tasks, paraphrases, dataset, data, data_options)
+    benchmark = benchmark or _benchmark(seed, tasks, paraphrases, dataset, data, data_options, utility, utility_limit)
     overrides = {"seed": seed, **_protocol_defaults(method, benchmark), **(overrides or {}), **_overrides(config)}
     run = ContinualRun(method, benchmark, out, _backbone_loader(model, placement), overrides,
                        _judge(judge_name, core_repo), limit)
@@ -257,13 +267,16 @@ def run(method: str = typer.Option(DEFAULT_METHOD, help="registered method name 
         data: Optional[Path] = typer.Option(None, help="with --dataset: the folder or file holding it"),
         data_config: Optional[Path] = typer.Option(None, help=DATA_CONFIG_HELP),
         core_repo: Optional[Path] = typer.Option(None, help=CORE_REPO_HELP),
+        utility: Optional[Path] = typer.Option(None, help=UTILITY_HELP),
+        utility_limit: Optional[int] = typer.Option(None, help=UTILITY_LIMIT_HELP),
         device: str = typer.Option("auto", help=DEVICE_HELP),
         dtype: str = typer.Option("auto", help=DTYPE_HELP)):
     """Run one method over the request sequence (resumes an interrupted run in --out)."""
     placement = _placement(device, dtype)
     options = _with_core_repo(dataset, _data_options(data_config, config), core_repo)
     results = run_one(method, out, model, config, tasks, seed, paraphrases, limit, judge, dataset, data,
-                      placement=placement, data_options=options, core_repo=core_repo)
+                      placement=placement, data_options=options, core_repo=core_repo, utility=utility,
+                      utility_limit=utility_limit)
     _finish({method: results}, {method: out}, out)
 
 
@@ -282,6 +295,8 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
             data: Optional[Path] = typer.Option(None, help="with --dataset: the folder or file holding it"),
             data_config: Optional[Path] = typer.Option(None, help=DATA_CONFIG_HELP),
             core_repo: Optional[Path] = typer.Option(None, help=CORE_REPO_HELP),
+            utility: Optional[Path] = typer.Option(None, help=UTILITY_HELP),
+            utility_limit: Optional[int] = typer.Option(None, help=UTILITY_LIMIT_HELP),
             device: str = typer.Option("auto", help=DEVICE_HELP),
             dtype: str = typer.Option("auto", help=DTYPE_HELP)):
     """Run several methods on the same sequence and print one side-by-side table."""
@@ -292,7 +307,7 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
     per_method = _overrides(config)
     data_options = _with_core_repo(dataset, _data_options(data_config, config), core_repo)
     # loaded once, shared by every method's run; a bad folder or option fails before any run
-    benchmark = _benchmark(seed, tasks, None, dataset, data, data_options)
+    benchmark = _benchmark(seed, tasks, None, dataset, data, data_options, utility, utility_limit)
     for key in per_method:
         if key not in names:
             raise ValueError(f"{config}: {key!r} is not one of --methods" + did_you_mean(key, names))

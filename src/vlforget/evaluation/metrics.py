@@ -43,9 +43,12 @@ METRICS: dict[str, Metric] = {m.key: m for m in [
     Metric("rr_retain", False, "refusal rate on retain data"),
     Metric("leak", False, "forget responses that still contain the original answer (mean over requests)"),
     Metric("overrefusal", False, "retain responses that are refusals (= rr_retain)"),
+    Metric("retain_rougeL", True, "ROUGE-L F1 of retain answers against the zero-shot model's answers"),
+    Metric("retain_similarity", True, "MiniLM cosine similarity of retain answers to the zero-shot model's answers"),
 ]}
 # The metrics summarised as <key>_avg / <key>_last.
-SUMMARY_METRICS = ("crr", "crr_pooled", "ar", "s", "drr", "leak", "overrefusal")
+SUMMARY_METRICS = ("crr", "crr_pooled", "ar", "s", "drr", "leak", "overrefusal", "retain_rougeL",
+                   "retain_similarity")
 
 
 # --- text helpers ----------------------------------------------------------------------------------

@@ -20,8 +20,11 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-SUMMARY_KEYS = ["crr", "ar", "s", "drr", "leak", "overrefusal"]
-LABELS = {"crr": "CRR", "ar": "AR", "s": "S", "drr": "dRR", "leak": "Leak", "overrefusal": "Over-refusal"}
+SUMMARY_KEYS = ["crr", "ar", "s", "drr", "leak", "overrefusal"]  # the terminal table (fits 80 columns)
+# The report and summary.md add the retain answers' agreement with the zero-shot model.
+REPORT_KEYS = SUMMARY_KEYS + ["retain_rougeL", "retain_similarity"]
+LABELS = {"crr": "CRR", "ar": "AR", "s": "S", "drr": "dRR", "leak": "Leak", "overrefusal": "Over-refusal",
+          "retain_rougeL": "Retain ROUGE-L", "retain_similarity": "Retain sim"}
 
 
 def fmt(value, width: int = 0) -> str:
@@ -91,11 +94,11 @@ def routing_heatmap(results: dict) -> str | None:
     return _png(fig)
 
 
-def summary_rows(runs: dict[str, dict]) -> list[list[str]]:
+def summary_rows(runs: dict[str, dict], keys: list[str] = SUMMARY_KEYS) -> list[list[str]]:
     rows = []
     for name, results in runs.items():
         summary = results.get("summary") or {}
-        cells = [fmt(summary.get(f"{k}_{w}")) for k in SUMMARY_KEYS for w in ("avg", "last")]
+        cells = [fmt(summary.get(f"{k}_{w}")) for k in keys for w in ("avg", "last")]
         seconds = summary.get("unlearn_seconds") or []
         # Median: one request slowed by a noisy neighbour should not move the column.
         cells.append(f"{statistics.median(seconds):.1f}" if seconds else "n/a")
@@ -103,12 +106,12 @@ def summary_rows(runs: dict[str, dict]) -> list[list[str]]:
     return rows
 
 
-SUMMARY_HEADER = ["method"] + [f"{LABELS[k]} {w}" for k in SUMMARY_KEYS for w in ("Avg", "Last")] + ["s/request (median)"]
+SUMMARY_HEADER = ["method"] + [f"{LABELS[k]} {w}" for k in REPORT_KEYS for w in ("Avg", "Last")] + ["s/request (median)"]
 
 
 def markdown_summary(runs: dict[str, dict]) -> str:
     lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + "---|" * len(SUMMARY_HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(runs)]
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(runs, REPORT_KEYS)]
     return "\n".join(lines) + "\n"
 
 
@@ -132,7 +135,7 @@ def write_report(runs: dict[str, dict], run_dirs: dict[str, Path], out_dir: Path
     """Write `report.html` and `summary.md` into out_dir; returns the HTML path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = "<table><tr>" + "".join(f"<th>{h}</th>" for h in SUMMARY_HEADER) + "</tr>"
-    table += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in summary_rows(runs))
+    table += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in summary_rows(runs, REPORT_KEYS))
     table += "</table>"
     parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Summary (percent)</h2>", table,
              "<p>CRR: context-aware refusal rate on forget data of requests seen so far; AR: answer rate "

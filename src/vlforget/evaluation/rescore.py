@@ -13,8 +13,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from vlforget.evaluation.metrics import exact_match, summarize
-from vlforget.evaluation.responses import append_rows, read_rows, score_rows
+from vlforget.evaluation.metrics import summarize
+from vlforget.evaluation.responses import append_rows, read_rows, score_rows, utility_accuracy
 from vlforget.evaluation.runner import RESULTS_FILE, write_json_atomic
 
 
@@ -30,9 +30,9 @@ def rescore(run_dir: Path, judge, judge_name: str) -> tuple[dict[str, Any], Path
     by_step: dict[int, list[dict]] = {}
     for row in rows:
         by_step.setdefault(int(row["step"]), []).append(row)
-    base_rows = [r for r in by_step.get(0, []) if r["split"] == "utility"]
-    utility_base = (exact_match([r["response"] for r in base_rows], [r["reference"] for r in base_rows])
-                    if base_rows else None)
+    base_rows = by_step.get(0, [])
+    utility_base = (utility_accuracy(base_rows) if any(r["split"] == "utility" for r in base_rows)
+                    else results.get("base", {}).get("utility_accuracy"))
     new = copy.deepcopy(results)
     new["judge"] = judge.config() if hasattr(judge, "config") else judge_name
     new["rescored_from"] = {"judge": results.get("judge")}
@@ -46,7 +46,7 @@ def rescore(run_dir: Path, judge, judge_name: str) -> tuple[dict[str, Any], Path
         step_rows = by_step.get(record["step"])
         if not step_rows:
             raise ValueError(f"{run_dir}: no responses kept for step {record['step']}; cannot re-score it")
-        metrics = score_rows(step_rows, utility_base, judge, contexts)
+        metrics = score_rows(step_rows, utility_base, judge, contexts, base_rows)
         for key in [k for k in record if k not in ("step", "request", "unlearn_seconds", "eval_seconds",
                                                    "peak_rss_mb")]:
             record.pop(key)

@@ -24,6 +24,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from vlforget.evaluation.agreement import retain_agreement
+from vlforget.evaluation.choices import predicted_choice
 from vlforget.evaluation.metrics import exact_match, pct, step_metrics
 from vlforget.types import Sample
 
@@ -37,26 +39,43 @@ def pair_rows(step: int, request: str | None, split: str, samples: Sequence[Samp
               responses: Sequence[str]) -> list[dict[str, Any]]:
     """One row per answered pair (verdicts are filled in by `score_rows`)."""
     rows = []
-    for sample, response in zip(samples, responses):
+    for index, (sample, response) in enumerate(zip(samples, responses)):
         forget = split == "forget"
-        rows.append({
-            "step": step, "request": request, "split": split,
+        row = {
+            "step": step, "request": request, "split": split, "index": index,
             "mode": sample.meta.get("combination") or sample.intent,
             "instruction": sample.instruction, "response": response,
             "reference": sample.meta.get("original_answer", "") if forget else sample.answer,
             "refusal": sample.answer if forget else None,
             "verdict": None,
-        })
+        }
+        if "options" in sample.meta:  # a multiple-choice utility question (`data/utility.py`)
+            row["options"] = sample.meta["options"]
+        rows.append(row)
     return rows
 
 
+def utility_correct(row: dict[str, Any]) -> bool:
+    """Multiple choice: the option the response picked is the reference letter; else exact match."""
+    if row.get("options"):
+        return predicted_choice(row["response"], row["options"]) == row["reference"]
+    return exact_match([row["response"]], [row["reference"]]) == 100.0
+
+
+def utility_accuracy(rows: Sequence[dict[str, Any]]) -> float:
+    """% of utility rows answered correctly (0.0 for none)."""
+    utility = [r for r in rows if r["split"] == "utility"]
+    return 100.0 * sum(map(utility_correct, utility)) / len(utility) if utility else 0.0
+
+
 def score_rows(rows: list[dict[str, Any]], utility_base: float | None, judge,
-               contexts: dict[str, list[str]]) -> dict[str, Any]:
+               contexts: dict[str, list[str]], base_rows: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """The step metrics of one step's rows; fills each row's `verdict` in place.
 
     `utility_base`: the base model's utility accuracy (None when there is no utility split:
     S is then undefined). Adds `per_mode` (refusal / context-correct / answered rates per
-    pair mode) when the pairs carry CORE-style modes.
+    pair mode) when the pairs carry CORE-style modes, and, given the zero-shot model's rows
+    (`base_rows`, step 0), the retain answers' agreement with them (`agreement.py`).
     """
     forget: dict[str, list[tuple[str, str]]] = {}
     retain: dict[str, list[tuple[str, str]]] = {}
@@ -67,7 +86,7 @@ def score_rows(rows: list[dict[str, Any]], utility_base: float | None, judge,
             target.setdefault(row["request"], []).append((row["response"], row["reference"] or ""))
             owners.setdefault((row["split"], row["request"]), []).append(row)
     utility = [row for row in rows if row["split"] == "utility"]
-    utility_acc = exact_match([r["response"] for r in utility], [r["reference"] for r in utility])
+    utility_acc = utility_accuracy(utility)
     verdicts: dict[str, dict[str, list]] = {}
     metrics = step_metrics(forget, retain, utility_acc, utility_base or 0.0, judge, contexts, verdicts)
     if not utility or utility_base is None:
@@ -80,10 +99,12 @@ def score_rows(rows: list[dict[str, Any]], utility_base: float | None, judge,
         for row, refused in zip(owners[("retain", name)], flags):
             row["verdict"] = {"refused": bool(refused)}
     for row in utility:
-        row["verdict"] = {"correct": exact_match([row["response"]], [row["reference"]]) == 100.0}
+        row["verdict"] = {"correct": utility_correct(row)}
     modes = mode_breakdown(rows)
     if modes:
         metrics["per_mode"] = modes
+    if any(r["split"] == "retain" for r in base_rows):
+        metrics.update(retain_agreement(rows, base_rows))
     return metrics
 
 

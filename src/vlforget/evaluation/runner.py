@@ -27,8 +27,10 @@ import torch
 
 from vlforget import __version__
 from vlforget.configs import to_dict
-from vlforget.evaluation.metrics import exact_match, summarize
-from vlforget.evaluation.responses import RESPONSES_FILE, append_rows, keep_steps, pair_rows, score_rows
+from vlforget.evaluation.metrics import summarize
+from vlforget.evaluation.responses import (
+    RESPONSES_FILE, append_rows, keep_steps, pair_rows, read_rows, score_rows, utility_accuracy,
+)
 from vlforget.methods.base import Method, make_method
 from vlforget.methods.training import is_main_process, map_sharded, num_processes, wait_for_everyone
 from vlforget.models.identity import backbone_record, check_same_backbone
@@ -93,6 +95,7 @@ class ContinualRun:
         self.judge = judge
         self.progress = progress or (lambda event, info: None)
         self.contexts = {r.name: r.refusals + [r.description] for r in self.requests}
+        self.base_rows: list[dict[str, Any]] = []  # the zero-shot model's answers (step 0)
 
     # -- results file ----------------------------------------------------------------------
     def _fresh_results(self) -> dict[str, Any]:
@@ -146,7 +149,7 @@ class ContinualRun:
             rows += pair_rows(step, r.name, "retain", r.retain_test, respond(self.method, r.retain_test))
         utility = self.benchmark.utility_split()
         rows += pair_rows(step, None, "utility", utility, respond(self.method, utility))
-        return score_rows(rows, utility_base, self.judge, self.contexts), rows
+        return score_rows(rows, utility_base, self.judge, self.contexts, self.base_rows), rows
 
     @staticmethod
     def _summary(results: dict[str, Any]) -> dict[str, Any]:
@@ -195,19 +198,24 @@ class ContinualRun:
         results = self._load_or_start()
         wait_for_everyone()  # every process has read the old results before any writes
         if results["base"] is None:
-            utility = self.benchmark.utility_split()
-            responses = respond(self.method, utility) if not self.method.applied else None
-            if responses is None:
+            if self.method.applied:
                 raise ValueError("cannot measure the base model: the state already has requests applied")
-            results["base"] = {"utility_accuracy": exact_match(responses, [s.answer for s in utility]),
-                               "utility_size": len(utility)}
-            if is_main_process():  # step 0: the base model's utility answers, for re-scoring S
-                rows = pair_rows(0, None, "utility", utility, responses)
-                score_rows(rows, None, self.judge, self.contexts)
+            # Step 0: the zero-shot model's answers on the utility and retain pairs: S is relative
+            # to its utility accuracy, retain agreement to its retain answers (`agreement.py`).
+            utility = self.benchmark.utility_split()
+            rows = pair_rows(0, None, "utility", utility, respond(self.method, utility))
+            for r in self.requests:
+                rows += pair_rows(0, r.name, "retain", r.retain_test, respond(self.method, r.retain_test))
+            score_rows(rows, None, self.judge, self.contexts)
+            results["base"] = {"utility_accuracy": utility_accuracy(rows), "utility_size": len(utility)}
+            if is_main_process():
                 (self.out_dir / RESPONSES_FILE).unlink(missing_ok=True)
                 append_rows(self.out_dir, rows)
+            self.base_rows = rows
             self._record_examples_before(results)
             self._write(results)
+        elif (self.out_dir / RESPONSES_FILE).exists():
+            self.base_rows = [row for row in read_rows(self.out_dir) if row["step"] == 0]
         base_acc = results["base"]["utility_accuracy"]
         done = len(results["steps"])
         if is_main_process():

@@ -95,14 +95,15 @@ class Backbone:
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no model found in {path} (expected config.json, weights and tokenizer files)")
         model_type = AutoConfig.from_pretrained(path).model_type
-        meta = checkpoint_meta(path, model_type)
+        family_of(model_type)  # an unsupported family is refused by name, before any weights load
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        tokenizer.padding_side = "left"
+        meta = checkpoint_meta(path, model_type, tokenizer)
         if (path / META_FILE).exists():  # it overrides only the settings it names
             meta.update(json.loads((path / META_FILE).read_text()))
         kwargs = {"dtype": dtype} if dtype is not None else {}
         model = model_class(model_type).from_pretrained(path, **kwargs)
         model.eval()
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
-        tokenizer.padding_side = "left"
         backbone = cls(model, tokenizer, device, meta)
         backbone.source, backbone.folder = source, path  # recorded by runs (models/identity.py)
         return backbone
@@ -260,8 +261,9 @@ class Backbone:
         """Tensors for `model(**batch)`; with `targets`, `labels` mark the answer + eos only."""
         if len(images) != len(instructions) or (targets is not None and len(targets) != len(images)):
             raise ValueError("images, instructions (and targets) must have the same length")
-        batch = self.assemble(self.encode_text(instructions),
-                              None if targets is None else self.encode_text(targets))
+        prompts = [self.prompt.text_ids(text) for text in instructions]  # as the family's processor tokenizes
+        batch = assemble(prompts, None if targets is None else self.encode_text(targets),
+                         eos=self.tokenizer.eos_token_id, pad=self.tokenizer.pad_token_id)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         batch.update(self._image_inputs(images))
         if self.family.layout == "flat":  # Qwen2-VL's multimodal RoPE finds image tokens through these

@@ -95,3 +95,33 @@ def _write(path, data):
 def test_a_folder_that_is_not_a_core_checkout_is_one_line(release, tmp_path):
     result = _cli("run", "--dataset", "core", "--data", release, "--core-repo", tmp_path, "--out", tmp_path / "x")
     assert result.exit_code == 2 and "does not look like a copy of CORE's repository" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["core", "idknll"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3"])
+def test_core_protocol_on_every_family_runs_all_sixteen_requests(family, method, release, checkout, tmp_path):
+    """The issue's done-when: tiny hub-layout checkpoints of every family (no vlforget.json),
+    all 16 requests, the HH/HU/UH/UU breakdown, per-pair responses and S from a utility file."""
+    from utility_data import make_mmbench_tsv
+    from vlforget.methods.core import scorer
+    from vlforget.models.backbone import Backbone
+    from vlforget.models.tiny_families import save_family
+
+    folder = save_family(family, tmp_path / family)
+    (folder / "vlforget.json").unlink()  # a hub checkpoint: its family's chat format, its own settings
+    backbone = Backbone.load(folder)
+    key = scorer.vision_fingerprint(backbone)
+    if key not in scorer._LOADED:  # a few scorer steps: the full minute-long fit tests nothing more here
+        scorer._LOADED[key] = scorer.train_scorer(backbone, n_images=48, steps=10, batch=32, n_phrases=200)
+    settings = {**TINY_CORE, "threshold": 0.0} if method == "core" else {"steps": 2}
+    out = tmp_path / "run"
+    result = _cli("run", "--dataset", "core", "--data", release, "--core-repo", checkout, "--model", folder,
+                  "--method", method, "--judge", "core", "--config", _write(tmp_path / "m.yaml", settings),
+                  "--utility", make_mmbench_tsv(tmp_path / "mmbench.tsv"), "--out", out)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["steps"]) == 16 and results["backbone"]["model_type"] == family
+    assert {"HH", "HU", "UH", "UU"} <= set(results["steps"][-1]["per_mode"])
+    assert results["steps"][-1]["s"] is not None or results["base"]["utility_accuracy"] == 0
+    assert (out / "report.html").exists() and (out / "responses.jsonl.gz").exists()

@@ -84,6 +84,10 @@ def test_core_run_breaks_refusals_down_by_mode_and_chat_and_rescore_read_it(tmp_
         group = [r for r in rows if r["mode"] == mode and r["split"] == "forget"]
         assert modes[mode]["n"] == len(group)
         assert modes[mode]["refused"] == pytest.approx(100 * sum(r["verdict"]["refused"] for r in group) / len(group))
+    assert "| HH |" in (out / "summary.md").read_text() and "By mode after the last request" in (
+        out / "report.html").read_text()
+    inspected = _cli("inspect", out)
+    assert inspected.exit_code == 0 and "By mode" in inspected.output
     uu = [r for r in rows if r["mode"] == "UU"]
     assert modes["UU"]["answered"] == pytest.approx(100 * sum(not r["verdict"]["refused"] for r in uu) / len(uu))
 

@@ -479,6 +479,16 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `v
                           f"visual: {'; '.join(concepts['visual']) or '-'} | textual: {'; '.join(concepts['textual']) or '-'}")
     if results.get("summary"):
         console.print(summary_table({results["method"]: results}))
+    from vlforget.evaluation.report import MODE_COLUMNS, mode_rows
+
+    if mode_rows(results):
+        modes = Table(title="By mode after the last request (HH/HU/UH refused, UU answered)", box=box.SIMPLE_HEAD,
+                      pad_edge=False)
+        for column in ["mode"] + [label for _, label in MODE_COLUMNS]:
+            modes.add_column(column, justify="right")
+        for row in mode_rows(results):
+            modes.add_row(*row)
+        console.print(modes)
     if focus is not None:
         history = Table(title=f"{focus} after each step", box=box.SIMPLE_HEAD, pad_edge=False)
         for column in ("step", "applied", "CRR", "AR"):

@@ -115,6 +115,39 @@ def markdown_summary(runs: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+MODE_COLUMNS = [("n", "pairs"), ("refused", "refused %"), ("crr", "context-correct %"), ("answered", "answered %")]
+
+
+def mode_rows(results: dict) -> list[list[str]]:
+    """CORE's HH/HU/UH/UU breakdown after the last request: one row per mode."""
+    steps = results.get("steps") or []
+    modes = steps[-1].get("per_mode") if steps else None
+    return [[mode] + [str(v[k]) if k == "n" else fmt(v[k]) for k, _ in MODE_COLUMNS]
+            for mode, v in (modes or {}).items()]
+
+
+def mode_markdown(runs: dict[str, dict]) -> str:
+    parts = []
+    for name, results in runs.items():
+        rows = mode_rows(results)
+        if rows:
+            header = ["mode"] + [label for _, label in MODE_COLUMNS]
+            parts.append(f"\n{name}: HH/HU/UH must be refused, UU answered (after the last request)\n\n"
+                         + "| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|\n"
+                         + "".join("| " + " | ".join(row) + " |\n" for row in rows))
+    return "".join(parts)
+
+
+def _modes_html(results: dict) -> str:
+    rows = mode_rows(results)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ["mode"] + [label for _, label in MODE_COLUMNS])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return ("<h3>By mode after the last request (HH, HU, UH must be refused; UU answered)</h3>"
+            f"<table><tr>{head}</tr>{body}</table>")
+
+
 def _examples_html(results: dict, run_dir: Path) -> str:
     examples = results.get("examples") or []
     if not examples:
@@ -144,6 +177,7 @@ def write_report(runs: dict[str, dict], run_dirs: dict[str, Path], out_dir: Path
              "<h2>Per-step curves</h2>", f"<img class='plot' alt='curves' src='data:image/png;base64,{curves_plot(runs)}'>"]
     for name, results in runs.items():
         parts.append(f"<h2>{html.escape(name)}</h2>")
+        parts.append(_modes_html(results))
         parts.append(f"<img class='plot' alt='crr-heatmap' src='data:image/png;base64,{crr_heatmap(results)}'>")
         routing = routing_heatmap(results)
         if routing:
@@ -159,5 +193,5 @@ def write_report(runs: dict[str, dict], run_dirs: dict[str, Path], out_dir: Path
            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
     path = out_dir / "report.html"
     path.write_text(page)
-    (out_dir / "summary.md").write_text(f"# {title}\n\n" + markdown_summary(runs))
+    (out_dir / "summary.md").write_text(f"# {title}\n\n" + markdown_summary(runs) + mode_markdown(runs))
     return path

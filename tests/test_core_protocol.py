@@ -125,3 +125,19 @@ def test_core_protocol_on_every_family_runs_all_sixteen_requests(family, method,
     assert {"HH", "HU", "UH", "UU"} <= set(results["steps"][-1]["per_mode"])
     assert results["steps"][-1]["s"] is not None or results["base"]["utility_accuracy"] == 0
     assert (out / "report.html").exists() and (out / "responses.jsonl.gz").exists()
+
+
+@pytest.mark.parametrize("name", ["graddiff", "core"])
+def test_use_retain_off_hides_retain_pairs_from_a_method(name, monkeypatch):
+    from vlforget.data.benchmark import Benchmark, BenchmarkConfig
+    from vlforget.methods import make_method
+    from vlforget.models.backbone import Backbone
+
+    request = Benchmark(BenchmarkConfig(seed=1, n_forget_train=4, n_retain_train=4)).requests()[0]
+    assert request.retain_train
+    for use_retain, expected in ((True, len(request.retain_train)), (False, 0)):
+        method = make_method(name, Backbone.load(), {"use_retain": use_retain})
+        seen = []
+        monkeypatch.setattr(method, "_unlearn", lambda r: seen.append(len(r.retain_train)))
+        method.unlearn(request)
+        assert seen == [expected] and method.applied == [request.name]

@@ -26,9 +26,6 @@ class CoreConfig(MethodConfig):
     batch_size: int = option(16, "forget pairs per step (plus as many gated retain pairs)")
     lr: float = option(1e-2, "AdamW learning rate of the refusers and the request's router row")
     retain_weight: float = option(1.0, "weight of the answer loss on retain pairs the gate lets through")
-    use_retain: bool = option(True, "read the request's retain pairs (hard negatives of the modulator and concept "
-                              "layer, answer loss); off = forget pairs only, as CORE's paper trains (the "
-                              "`--dataset core` protocol turns it off)")
     recommend_weight: float = option(1.0, "weight of the recommendation loss (reuse refusers of similar requests)")
     load_weight: float = option(1.0, "weight of the load loss (avoid refusers of dissimilar requests)")
     protect_weight: float = option(1.0, "weight of keeping shared refusers' outputs on earlier requests' prototypes")

@@ -83,8 +83,7 @@ class RequestPairs:
 
 
 def encode_pairs(core, request: DeletionRequest) -> RequestPairs:
-    forget = request.forget_train
-    retain = request.retain_train if core.config.use_retain else []
+    forget, retain = request.forget_train, request.retain_train  # empty with use_retain=False (base.py)
     fx = vision_features(core.backbone, [s.image for s in forget])
     fi = core.instruction_features([s.instruction for s in forget])
     rx = vision_features(core.backbone, [s.image for s in retain]) if retain else fx[:0]

@@ -106,11 +106,11 @@ def test_core_protocol_on_every_family_runs_all_sixteen_requests(family, method,
     from utility_data import make_mmbench_tsv
     from vlforget.methods.core import scorer
     from vlforget.models.backbone import Backbone
-    from vlforget.models.tiny_families import save_family
+    from vlforget.models.tiny_families import save_hub_layout
 
-    folder = save_family(family, tmp_path / family)
-    (folder / "vlforget.json").unlink()  # a hub checkpoint: its family's chat format, its own settings
+    folder = save_hub_layout(family, tmp_path / family)  # its family's chat format, its own settings
     backbone = Backbone.load(folder)
+    assert "vlforget.json" not in {p.name for p in folder.iterdir()}
     key = scorer.vision_fingerprint(backbone)
     if key not in scorer._LOADED:  # a few scorer steps: the full minute-long fit tests nothing more here
         scorer._LOADED[key] = scorer.train_scorer(backbone, n_images=48, steps=10, batch=32, n_phrases=200)

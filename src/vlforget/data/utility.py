@@ -31,11 +31,18 @@ import sys
 from pathlib import Path
 
 from vlforget.data.loaders._common import ImageCache, load_image_bytes
-from vlforget.evaluation.choices import choice_prompt
 from vlforget.types import Sample
 
 LETTERS = "ABCDEFGH"
 _OPTION_LINE = re.compile(r"^\s*\(?([A-H])[.)]\s+(.+?)\s*$")
+
+
+def choice_prompt(question: str, options: dict[str, str], hint: str | None = None) -> str:
+    """LLaVA's multiple-choice evaluation prompt: hint, question, lettered options, instruction."""
+    lines = ([hint.strip()] if hint and hint.strip() else []) + [question.strip()]
+    lines += [f"{letter}. {text}" for letter, text in options.items()]
+    lines.append("Answer with the option's letter from the given choices directly.")
+    return "\n".join(lines)
 
 
 def _sample(image, question: str, options: dict[str, str], answer: str, source: str, hint: str | None = None,

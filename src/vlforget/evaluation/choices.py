@@ -30,10 +30,3 @@ def predicted_choice(response: str, options: dict[str, str]) -> str | None:
                                                       said)]
     return hits[0] if len(hits) == 1 else None
 
-
-def choice_prompt(question: str, options: dict[str, str], hint: str | None = None) -> str:
-    """LLaVA's multiple-choice evaluation prompt: hint, question, lettered options, instruction."""
-    lines = ([hint.strip()] if hint and hint.strip() else []) + [question.strip()]
-    lines += [f"{letter}. {text}" for letter, text in options.items()]
-    lines.append("Answer with the option's letter from the given choices directly.")
-    return "\n".join(lines)

@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -137,8 +137,9 @@ def create_app(settings: ServiceSettings, start_worker: bool = True) -> FastAPI:
     async def http_error(_request, error: StarletteHTTPException):
         return JSONResponse({"error": error.detail}, status_code=error.status_code, headers=error.headers)
 
+    @app.exception_handler(ValidationError)
     @app.exception_handler(RequestValidationError)
-    async def invalid(_request, error: RequestValidationError):
+    async def invalid(_request, error: ValidationError | RequestValidationError):
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"] if part != "body")
         return JSONResponse({"error": f"{where or 'body'}: {first['msg']}"}, status_code=422)

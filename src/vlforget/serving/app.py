@@ -149,7 +149,7 @@ def create_app(settings: ServiceSettings, start_worker: bool = True) -> FastAPI:
         name = ledger.token_name(hash_token(token)) if token else None
         if name is None:
             raise HTTPException(401, "a valid API token is required (Authorization: Bearer <token>)",
-                                headers={"WWW-Authenticate": 'Bearer, Basic realm="vlforget"'})
+                                headers={"WWW-Authenticate": 'Basic realm="vlforget"'})  # browsers then send the URL's credentials
         return name
 
     def served():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 import time
 
 from vlforget.data.scenes import Scene, SceneObject, render
@@ -46,3 +47,9 @@ def wait_for(get, statuses: tuple[str, ...], timeout: float = 300) -> dict:
             return view
         time.sleep(0.3)
     raise AssertionError(f"still {view['status']} after {timeout}s, waiting for {statuses}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -171,18 +171,19 @@ def request_body() -> dict:
             "visual_concepts": ["a red star"], "textual_concepts": ["asking the colour of an object"]}
 
 
-def run(server: ServerProcess, token: str, chats: int, concurrency: int) -> dict:
-    """Submit a request, load the server with chats while it applies, check every answer."""
+def run(server: ServerProcess, token: str, chats: int, concurrency: int, apply: bool = True) -> dict:
+    """Submit a request (unless `apply` is False: the idle baseline), load the server with
+    chats while it applies, check every answer."""
     client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
     before = client.get("/health").json()["state_version"]
-    rid = client.post("/v1/deletion-requests", json=request_body()).json()["id"]
-    while client.get(f"/v1/deletion-requests/{rid}").json()["status"] == "queued":
+    rid = client.post("/v1/deletion-requests", json=request_body()).json()["id"] if apply else None
+    while rid and client.get(f"/v1/deletion-requests/{rid}").json()["status"] == "queued":
         time.sleep(0.05)
     items = queries(chats)
     started = time.time()
     results = chat_load(server.url, token, items, concurrency)
     wall = time.time() - started
-    request = client.get(f"/v1/deletion-requests/{rid}").json()
+    request = client.get(f"/v1/deletion-requests/{rid}").json() if rid else {"status": None}
     events = client.get("/v1/ledger").json()["events"]
     applied_at = next((e["at"] for e in events if e["kind"] == "request_applied" and e["request_id"] == rid), None)
     latencies = [r["latency"] for r in results]
@@ -194,6 +195,10 @@ def run(server: ServerProcess, token: str, chats: int, concurrency: int) -> dict
         "max_ms": round(1000 * max(latencies), 1), "throughput_per_s": round(chats / wall, 2),
         "state_before": before, "versions_answering": versions,
         "answers_per_version": {str(v): sum(r["state_version"] == v for r in results) for v in versions},
+        "latency_by_version": {str(v): {"p50_ms": round(1000 * percentile(ms, 50), 1),
+                                        "p99_ms": round(1000 * percentile(ms, 99), 1)}
+                               for v in versions
+                               for ms in [[r["latency"] for r in results if r["state_version"] == v]]},
         "request_status_after": request["status"], "request_applied_at": applied_at,
         "mismatches": check["mismatches"], "checked": check["checked"], "results": results,
     }
@@ -204,6 +209,7 @@ def main() -> None:
     parser.add_argument("--chats", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server process")
+    parser.add_argument("--idle", action="store_true", help="baseline: no deletion request applies meanwhile")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -211,16 +217,16 @@ def main() -> None:
         token = server.create_token("load")
         server.start()
         try:
-            report = run(server, token, args.chats, args.concurrency)
+            report = run(server, token, args.chats, args.concurrency, apply=not args.idle)
         finally:
             server.stop()
     report.pop("results")
     if args.markdown:
-        print("| chats | concurrency | p50 ms | p99 ms | max ms | chats/s | versions answering (answers) "
+        print("| while | chats | concurrency | p50 ms | p99 ms | max ms | chats/s | versions answering (answers) "
               "| answers re-checked | mismatches |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         spread = ", ".join(f"v{v}: {n}" for v, n in report["answers_per_version"].items())
-        print(f"| {report['chats']} | {report['concurrency']} | {report['p50_ms']} | {report['p99_ms']} | "
+        print(f"| {'idle' if args.idle else 'a request applies'} | {report['chats']} | {report['concurrency']} | {report['p50_ms']} | {report['p99_ms']} | "
               f"{report['max_ms']} | {report['throughput_per_s']} | {spread} | {report['checked']} | "
               f"{len(report['mismatches'])} |")
     print(json.dumps(report, indent=1))

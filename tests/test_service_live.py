@@ -41,7 +41,12 @@ def test_kill9_mid_request_then_restart(server):
     wait_for(status_of(client, first), ("applying",), timeout=60)
     time.sleep(1.0)  # inside the method's training, well before the state is recorded
     live.kill9()
+    # what a submission killed before its row committed leaves behind (its client got no id)
+    orphan = live.data_dir / "uploads" / ("f" * 32)
+    orphan.mkdir()
+    (orphan / "forget-000.png").write_bytes(b"half")
     live.start()
+    assert not orphan.exists()
     for rid in (first, second):
         done = wait_for(status_of(client, rid), ("verified", "failed"))
         assert done["status"] == "verified", done["error"]

@@ -76,11 +76,24 @@ class Worker:
             self.ledger.record_state(0, self.store.save(method, 0), [])
             latest = self.ledger.latest_state()
         removed = self.store.prune({s.folder for s in self.ledger.states()})
+        self._remove_unrecorded_uploads()
         requeued = self.ledger.requeue_interrupted()
         self.served = Served(latest.version, self.build(latest))
         self._measure_base()
         self.ledger.record("service_started", state_version=latest.version, removed_unrecorded_states=removed,
                            requeued=requeued, method=self.settings.method, utility_base=self.utility_base)
+
+    def _remove_unrecorded_uploads(self) -> None:
+        """Images of a submission killed before its row committed: never accepted, never answered
+        with an id, so nothing refers to them."""
+        import shutil
+
+        uploads = self.settings.data_dir / "uploads"
+        if uploads.is_dir():
+            known = {r.id for r in self.ledger.requests()}
+            for folder in uploads.iterdir():
+                if folder.name not in known:
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def _measure_base(self) -> None:
         """The original model's accuracy on the utility pairs (S = now / this)."""

@@ -143,16 +143,20 @@ def big_png(side: int) -> bytes:
     (lambda b: b["retain"][0].update(image=__import__("base64").b64encode(big_png(300)).decode()), 413,
      "retain[0]: image is 300x8, the limit is 256 pixels a side"),
     (lambda b: b.update(name=""), 400, "name must not be empty"),
+    (lambda b: b["retain"][0].update(instruction=" "), 400, "retain[0].instruction must not be empty"),
     (lambda b: b.update(description="x" * 2001), 413, "description is 2001 characters, the limit is 2000"),
     (lambda b: b.update(forget=b["forget"] * 40), 413, "examples given, the limit is 64"),
 ])
 def test_bad_json_request_is_named(service, change, status, message):
-    client, _, _ = service
+    client, _, settings = service
     body = star_request()
     change(body)
     response = client.post("/v1/deletion-requests", json=body)
     assert response.status_code == status, response.text
     assert message in response.json()["error"]
+    # a refused request leaves no files behind
+    accepted = {r["id"] for r in client.get("/v1/deletion-requests").json()["requests"]}
+    assert {p.name for p in (settings.data_dir / "uploads").iterdir()} <= accepted
 
 
 def test_oversized_body_and_bad_multipart_are_refused(service):

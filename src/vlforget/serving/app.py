@@ -148,8 +148,9 @@ def create_app(settings: ServiceSettings, start_worker: bool = True) -> FastAPI:
         token = token_from_header(request.headers.get("authorization"))
         name = ledger.token_name(hash_token(token)) if token else None
         if name is None:
+            # a Basic challenge: a browser then sends the token given as the URL's password
             raise HTTPException(401, "a valid API token is required (Authorization: Bearer <token>)",
-                                headers={"WWW-Authenticate": 'Basic realm="vlforget"'})  # browsers then send the URL's credentials
+                                headers={"WWW-Authenticate": 'Basic realm="vlforget"'})
         return name
 
     def served():

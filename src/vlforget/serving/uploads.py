@@ -103,15 +103,15 @@ def store_request(request_id: str, fields: dict[str, Any], forget: list[tuple[Im
         "visual_concepts": check_texts(fields.get("visual_concepts") or [], settings, "visual_concepts"),
         "textual_concepts": check_texts(fields.get("textual_concepts") or [], settings, "textual_concepts"),
     }
+    texts = {split: [(check_text(instruction, settings, f"{split}[{i}].instruction"),
+                      check_text(answer or "", settings, f"{split}[{i}].answer", required=False))
+                     for i, (_, instruction, answer) in enumerate(examples)]
+             for split, examples in (("forget", forget), ("retain", retain))}
+    # every text is checked before the first file is written: a refused request leaves no files
     for split, examples in (("forget", forget), ("retain", retain)):
-        payload[split] = []
-        for i, (image, instruction, answer) in enumerate(examples):
-            where = f"{split}[{i}]"
-            payload[split].append({
-                "file": save_png(image, folder, f"{split}-{i:03d}"),
-                "instruction": check_text(instruction, settings, f"{where}.instruction"),
-                "answer": check_text(answer or "", settings, f"{where}.answer", required=False),
-            })
+        payload[split] = [{"file": save_png(image, folder, f"{split}-{i:03d}"), "instruction": instruction,
+                           "answer": answer}
+                          for i, ((image, _, _), (instruction, answer)) in enumerate(zip(examples, texts[split]))]
     return payload
 
 

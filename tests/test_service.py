@@ -110,20 +110,61 @@ def test_multipart_request_in_order_with_generated_file_names(service):
     assert "<script>" not in page.text
 
 
-def test_revert_rebuilds_without_the_request(service):
-    client, _, _ = service
+def test_revert_rebuild_then_drop(service):
+    client, _, settings = service
     first, second = [r["id"] for r in client.get("/v1/deletion-requests").json()["requests"]
                      if r["status"] == "verified"][:2]
+    cross = {"image": b64(picture("cross")), "instruction": "what colour is the cross?"}
+    # 1. rebuilt (every method can): the state before `first`, then `second` applied again
+    settings.drop_reverts = False
     response = client.post(f"/v1/deletion-requests/{first}/revert")
     assert response.status_code == 202 and response.json()["revert_requested"]
     done = wait_for(view(client, first), ("reverted",))
     reverted = [e for e in client.get("/v1/ledger").json()["events"] if e["kind"] == "request_reverted"][-1]
-    assert reverted["request_id"] == first and reverted["detail"]["applied"] == [second]
+    assert reverted["request_id"] == first and reverted["detail"] == {"applied": [second], "how": "rebuilt"}
     assert client.get("/health").json()["state_version"] == reverted["state_version"] == done["state_version"] + 2
     chat = client.post("/v1/chat", json={"image": b64(picture()), "instruction": "what colour is the star?"}).json()
     assert chat["state_version"] == reverted["state_version"] and chat["answer"] != REFUSAL
     assert client.post(f"/v1/deletion-requests/{first}/revert").status_code == 409
     assert client.post("/v1/deletion-requests/nope/revert").status_code == 404
+    # 2. dropped (CORE): nothing of `second` is left, so the original model answers
+    settings.drop_reverts = True
+    client.post(f"/v1/deletion-requests/{second}/revert")
+    wait_for(view(client, second), ("reverted",))
+    dropped = [e for e in client.get("/v1/ledger").json()["events"] if e["kind"] == "request_reverted"][-1]
+    assert dropped["detail"] == {"applied": [], "how": "dropped"}
+    import vlforget
+
+    original = vlforget.load_backbone().generate([picture("cross")], [cross["instruction"]])[0]
+    assert client.post("/v1/chat", json=cross).json() == {"answer": original,
+                                                           "state_version": dropped["state_version"]}
+
+
+def test_drop_request_renumbers_the_later_requests(tmp_path):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from vlforget.serving.revert import drop_request
+
+    tensors = {"pool.0.weight": torch.zeros(2)}
+    for i in range(3):
+        for key in ("head", "row", "load", "proto_features", "proto_instructions"):
+            tensors[f"{key}.{i}"] = torch.full((2,), float(i))
+        tensors[f"concept.{i}.wv"] = torch.full((2,), float(i))
+    save_file(tensors, str(tmp_path / "state.safetensors"))
+    state = {"concepts": [{"name": n} for n in "abc"], "info": [{"n": n} for n in "abc"]}
+    (tmp_path / "method.json").write_text(json.dumps({"method": "core", "applied": list("abc"), "state": state}))
+    meta, kept = drop_request(tmp_path, "b")
+    assert meta["applied"] == ["a", "c"] and [c["name"] for c in meta["state"]["concepts"]] == ["a", "c"]
+    assert meta["state"]["info"] == [{"n": "a"}, {"n": "c"}]
+    assert sorted(kept) == sorted(["pool.0.weight", "concept.0.wv", "concept.1.wv"] + [
+        f"{k}.{i}" for k in ("head", "row", "load", "proto_features", "proto_instructions") for i in (0, 1)])
+    assert kept["head.1"][0] == 2.0 and kept["concept.1.wv"][0] == 2.0 and kept["row.0"][0] == 0.0
+    (tmp_path / "method.json").write_text(json.dumps({"method": "idknll", "applied": ["a"], "state": {}}))
+    with pytest.raises(ValueError, match="cannot drop a request; rebuild it instead"):
+        drop_request(tmp_path, "a")
 
 
 # -- bad input: one clear error each -------------------------------------------------------------------------

@@ -103,7 +103,7 @@ class Ledger:
             return [r.id for r in stuck]
 
     def record_state(self, version: int, folder: str, applied: list[str], applied_request: str | None = None,
-                     reverted_request: str | None = None) -> None:
+                     reverted_request: str | None = None, how: str | None = None) -> None:
         """The saved state and what it means, in one transaction: the state row, the
         request's new status and the event. Until this commits the state does not exist."""
         with self.sessions.begin() as session:
@@ -113,9 +113,10 @@ class Ledger:
                 self._event(session, "request_applied", applied_request, version, applied=list(applied))
             if reverted_request:
                 self._set(session, reverted_request, status=REVERTED, revert_requested=False)
-                self._event(session, "request_reverted", reverted_request, version, applied=list(applied))
+                self._event(session, "request_reverted", reverted_request, version, applied=list(applied), how=how)
             if not applied_request and not reverted_request:
-                self._event(session, "state_created", state_version=version, applied=list(applied))
+                self._event(session, "state_created", state_version=version, applied=list(applied),
+                            **({"how": how} if how else {}))
 
     def mark_verified(self, request_id: str, version: int, crr: float | None, ar: float | None,
                       s: float | None) -> None:

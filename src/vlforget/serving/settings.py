@@ -16,6 +16,7 @@ class ServiceSettings:
     model: str | None = None  # None: the built-in tiny model
     judge: str = "auto"
     utility_pairs: int = 40  # built-in general pairs S is measured on (0: no S)
+    drop_reverts: bool = True  # CORE: revert by dropping the request's pieces (False: rebuild, as other methods)
     # limits on client input
     max_body_bytes: int = 20 * 1024 * 1024
     max_image_bytes: int = 4 * 1024 * 1024

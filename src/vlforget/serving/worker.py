@@ -186,16 +186,35 @@ class Worker:
         self.ledger.mark_verified(request_id, served.version, metrics["crr"], ar, metrics["s"])
 
     def revert(self, request_id: str) -> None:
-        """Rebuild without the request: from the newest recorded state whose applied list is a
-        prefix of the list without it, re-applying the later requests in their order. Every
-        intermediate state is recorded too, so each prefix stays available to later reverts."""
+        """CORE: drop the request's pieces from the served state (`revert.drop_request`).
+        Other methods (or `settings.drop_reverts` off): rebuild."""
+        from types import SimpleNamespace
+
+        from vlforget.serving.revert import DROPPABLE, drop_request, load_dropped
+
         states = self.ledger.states()
         latest = states[-1]
         if request_id not in latest.applied:
             raise ValueError("the request is not in the served state")
+        if self.settings.drop_reverts and self.settings.method in DROPPABLE:
+            meta, tensors = drop_request(self.store.path(latest.folder), request_id)
+            method = self.build(SimpleNamespace(applied=[]))
+            load_dropped(method, meta, tensors)
+            version = latest.version + 1
+            self.ledger.record_state(version, self.store.save(method, version), method.applied,
+                                     reverted_request=request_id, how="dropped")
+            self.served = Served(version, method)
+            return
+        self.rebuild_without(request_id, states)
+
+    def rebuild_without(self, request_id: str, states) -> None:
+        """Rebuild without the request: from the newest recorded state whose applied list is a
+        prefix of the list without it, re-applying the later requests in their order. Every
+        intermediate state is recorded too, so each prefix stays available to later reverts."""
+        latest = states[-1]
         target = [r for r in latest.applied if r != request_id]
-        start = max((s for s in states if s.applied == target[:len(s.applied)]), key=lambda s: (len(s.applied),
-                                                                                               s.version))
+        start = max((s for s in states if s.applied == target[:len(s.applied)]),
+                    key=lambda s: (len(s.applied), s.version))
         method = self.build(start)
         version = latest.version
         remaining = target[len(start.applied):]
@@ -204,9 +223,9 @@ class Worker:
             version += 1
             last = i == len(remaining) - 1
             self.ledger.record_state(version, self.store.save(method, version), method.applied,
-                                     reverted_request=request_id if last else None)
+                                     reverted_request=request_id if last else None, how="rebuilt")
         if not remaining:
             version += 1
             self.ledger.record_state(version, self.store.save(method, version), method.applied,
-                                     reverted_request=request_id)
+                                     reverted_request=request_id, how="rebuilt")
         self.served = Served(version, method)

@@ -108,3 +108,46 @@ def test_chat_load_while_a_request_applies(server):
     assert all(r["state_version"] in report["versions_answering"] for r in report["results"])
     assert report["p50_ms"] <= report["p99_ms"] <= report["max_ms"]
     assert report["versions_answering"][0] >= report["state_before"]
+
+
+@pytest.mark.slow
+def test_kill9_at_random_moments_while_clients_submit(server):
+    """Three kills at random moments while a client keeps submitting: every request that got
+    its 202 is applied exactly once, in submission order, and nothing else is."""
+    import random
+    import threading
+
+    live, _, client = server
+    rng = random.Random(7)
+    accepted: list[str] = []
+    stop = threading.Event()
+
+    def submit_forever():
+        names = iter(range(10_000))
+        while not stop.is_set():
+            try:
+                response = client.post("/v1/deletion-requests", json=star_request(f"r{next(names)}", "diamond"))
+            except httpx.HTTPError:
+                time.sleep(0.2)  # the server is down; a request without its 202 was not accepted
+                continue
+            if response.status_code == 202:
+                accepted.append(response.json()["id"])
+            time.sleep(rng.uniform(1.0, 4.0))
+
+    submitter = threading.Thread(target=submit_forever, daemon=True)
+    submitter.start()
+    for _ in range(3):
+        time.sleep(rng.uniform(2.0, 15.0))
+        live.kill9()
+        live.start()
+    stop.set()
+    submitter.join(60)
+    for rid in accepted:
+        assert wait_for(status_of(client, rid), ("verified", "failed"), timeout=600)["status"] == "verified"
+    events = client.get("/v1/ledger", params={"limit": 10000}).json()["events"]
+    applied = [e["request_id"] for e in events if e["kind"] == "request_applied" and e["request_id"] in accepted]
+    assert applied == accepted  # each once, in the order their 202s came back
+    served = [e for e in events if e["kind"] == "request_applied"][-1]["detail"]["applied"]
+    assert all(served.count(rid) == 1 for rid in accepted)
+    final = client.get("/v1/deletion-requests").json()["requests"]
+    assert {r["id"] for r in final} >= set(accepted)

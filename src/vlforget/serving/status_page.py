@@ -19,6 +19,7 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertica
 th { background: #f0f0f0; }
 .status-verified { color: #186a18; } .status-failed { color: #a01818; } .status-reverted { color: #777; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.time { white-space: nowrap; }
 pre { margin: 0; white-space: pre-wrap; font-size: 0.85em; }
 </style></head>
 <body>
@@ -33,14 +34,14 @@ pre { margin: 0; white-space: pre-wrap; font-size: 0.85em; }
 <td class="status-{{ r.status }}">{{ r.status }}{% if r.revert_requested %} (revert requested){% endif %}</td>
 <td>{{ r.state_version if r.state_version is not none else "" }}</td>
 <td class="num">{{ pct(r.crr) }}</td><td class="num">{{ pct(r.ar) }}</td><td class="num">{{ pct(r.s) }}</td>
-<td>{{ r.submitted_at.strftime("%Y-%m-%d %H:%M:%S") }}</td><td>{{ r.error or "" }}</td></tr>
+<td class="time">{{ r.submitted_at.strftime("%Y-%m-%d %H:%M:%S") }}</td><td>{{ r.error or "" }}</td></tr>
 {% endfor %}
 </table>
 <h2>Ledger</h2>
 <table id="ledger">
 <tr><th>event</th><th>time (UTC)</th><th>kind</th><th>request</th><th>state</th><th>by</th><th>detail</th></tr>
 {% for e in events %}
-<tr><td>{{ e.id }}</td><td>{{ e.at.strftime("%Y-%m-%d %H:%M:%S") }}</td><td>{{ e.kind }}</td>
+<tr><td>{{ e.id }}</td><td class="time">{{ e.at.strftime("%Y-%m-%d %H:%M:%S") }}</td><td>{{ e.kind }}</td>
 <td><code>{{ e.request_id or "" }}</code></td><td>{{ e.state_version if e.state_version is not none else "" }}</td>
 <td>{{ e.actor or "" }}</td><td><pre>{{ dumps(e.detail) }}</pre></td></tr>
 {% endfor %}

@@ -237,3 +237,9 @@ def test_cli_create_token_and_errors(tmp_path):
         assert [r[0] for r in db.execute("SELECT kind FROM events")] == ["token_created"]
     result = runner.invoke(cli, ["serve", "--data-dir", str(tmp_path), "--method", "coer"])
     assert result.exit_code == 2 and "unknown method 'coer'" in result.stderr and "core" in result.stderr
+    (tmp_path / "bad.yaml").write_text("stepz: 3\n")
+    result = runner.invoke(cli, ["serve", "--data-dir", str(tmp_path), "--config", str(tmp_path / "bad.yaml")])
+    assert result.exit_code == 2 and "stepz" in result.stderr and "steps" in result.stderr
+    result = runner.invoke(cli, ["serve", "--data-dir", str(tmp_path), "--database-url", "not a url"])
+    assert result.exit_code == 2 and "--database-url" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -418,10 +418,20 @@ def serve(data_dir: Path = typer.Option(Path("vlforget-data"), help="uploads, me
     """Serve the model: deletion requests in (applied in order, verified, ledgered), chat out."""
     from vlforget.serving.settings import ServiceSettings
 
-    overrides = _overrides(config)
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from vlforget.configs import build_config
     from vlforget.methods.base import method_class
 
-    method_class(method)  # an unknown method fails here, in one line, not in the worker
+    overrides = _overrides(config)
+    # an unknown method, config field or malformed URL fails here, in one line, not in the worker
+    build_config(method_class(method).config_class, overrides, where=f"{method} config")
+    if database_url:
+        try:
+            make_url(database_url)
+        except ArgumentError as error:
+            raise ValueError(f"--database-url: {error}") from None
     settings = ServiceSettings(data_dir=data_dir, database_url=database_url, method=method,
                                method_overrides=overrides, model=model)
     if create_token is not None:

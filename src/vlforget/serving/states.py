@@ -8,6 +8,7 @@ request applied again from the recorded state, so nothing is applied twice.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,14 @@ class StateStore:
     def save(self, method, version: int) -> str:
         folder = folder_name(version)
         method.save(self.path(folder))
+        # kill -9 keeps written files (they are in the page cache); a power cut would not,
+        # so the files and the rename reach the disk before the ledger commits the version
+        for path in (*self.path(folder).iterdir(), self.path(folder), self.root):
+            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
         return folder
 
     def prune(self, recorded: set[str]) -> list[str]:

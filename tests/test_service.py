@@ -205,6 +205,10 @@ def test_oversized_body_and_bad_multipart_are_refused(service):
     response = client.post("/v1/deletion-requests", content=b"x" * 1_000_001,
                            headers={"content-type": "application/json"})
     assert response.status_code == 413 and "over the limit of 1000000 bytes" in response.json()["error"]
+    # chunked, no Content-Length: counted as it arrives
+    response = client.post("/v1/deletion-requests", content=iter([b"x" * 600_000, b"x" * 600_000]),
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "over the limit of 1000000 bytes" in response.json()["error"]
     response = client.post("/v1/deletion-requests", files=[("forget_image", ("a.png", png(picture()), "image/png"))] * 2,
                            data={"name": "x", "refusal": "no.", "forget_instruction": ["a?", "b?", "c?"]})
     assert response.status_code == 400 and "2 image(s) but 3 instruction(s)" in response.json()["error"]

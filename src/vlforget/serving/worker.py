@@ -16,8 +16,6 @@ import threading
 import traceback
 from dataclasses import dataclass, field
 
-import torch
-
 from vlforget.serving import ledger as L
 from vlforget.serving.settings import ServiceSettings
 from vlforget.serving.states import StateStore
@@ -130,7 +128,6 @@ class Worker:
             self.thread.join(timeout)
 
     def run(self) -> None:
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         while not self.stopping.is_set():
             try:
                 if not self.step():

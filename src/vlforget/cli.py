@@ -532,5 +532,48 @@ def pretrain(out: Path = typer.Option(..., help="folder to write the model into"
     train(out, seed=seed, **_command_settings(config, valid))
 
 
+@app.command()
+@user_errors
+def serve(data_dir: Path = typer.Option(Path("vlforget-data"), help="uploads, method states and the SQLite ledger"),
+          database_url: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the ledger, e.g. "
+                                                     "postgresql+psycopg://user@host/db (default: SQLite in --data-dir)"),
+          method: str = typer.Option(DEFAULT_METHOD, help="registered method applying the requests"),
+          config: Optional[Path] = typer.Option(None, help="JSON/YAML file of the method's config overrides"),
+          model: Optional[str] = typer.Option(None, help="backbone checkpoint folder (default: the built-in model)"),
+          host: str = typer.Option("127.0.0.1", help="address to listen on"),
+          port: int = typer.Option(8000, help="port to listen on"),
+          create_token: Optional[str] = typer.Option(None, "--create-token", metavar="NAME",
+                                                     help="create an API token named NAME, print it once, exit")):
+    """Serve the model: deletion requests in (applied in order, verified, ledgered), chat out."""
+    from vlforget.serving.settings import ServiceSettings
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from vlforget.configs import build_config
+    from vlforget.methods.base import method_class
+
+    overrides = _overrides(config)
+    # an unknown method, config field or malformed URL fails here, in one line, not in the worker
+    build_config(method_class(method).config_class, overrides, where=f"{method} config")
+    if database_url:
+        try:
+            make_url(database_url)
+        except ArgumentError as error:
+            raise ValueError(f"--database-url: {error}") from None
+    settings = ServiceSettings(data_dir=data_dir, database_url=database_url, method=method,
+                               method_overrides=overrides, model=model)
+    if create_token is not None:
+        from vlforget.serving.tokens import create_token as make
+
+        print(make(settings, create_token))
+        return
+    import uvicorn
+
+    from vlforget.serving.app import create_app
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

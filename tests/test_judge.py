@@ -106,5 +106,5 @@ def test_bad_inputs_are_rejected(contexts):
 
 
 def test_unknown_judge_name_lists_valid_ones():
-    with pytest.raises(ValueError, match="minilm, lexical, auto"):
+    with pytest.raises(ValueError, match="minilm, lexical, core, auto"):
         make_judge("clip")

@@ -305,27 +305,27 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     per_method = _overrides(config)
-    data_options = _with_core_repo(dataset, _data_options(data_config, config), core_repo)
-    # loaded once, shared by every method's run; a bad folder or option fails before any run
-    benchmark = _benchmark(seed, tasks, None, dataset, data, data_options, utility, utility_limit)
     for key in per_method:
         if key not in names:
             raise ValueError(f"{config}: {key!r} is not one of --methods" + did_you_mean(key, names))
     for name in names:
         cls = method_class(name)  # fail fast on a typo, before hours of running
         build_config(cls.config_class, per_method.get(name), where=f"{config} ({name})")
+    data_options = _with_core_repo(dataset, _data_options(data_config, config), core_repo)
+    # loaded once, shared by every method's run; a bad folder or option fails before any run
+    benchmark = _benchmark(seed, tasks, None, dataset, data, data_options, utility, utility_limit)
     placement = _placement(device, dtype)
     runs = {name: run_one(name, out / name, model, None, tasks, seed, None, limit, judge,
                           overrides=per_method.get(name), placement=placement, benchmark=benchmark,
                           core_repo=core_repo)
             for name in names}
     _finish(runs, {name: out / name for name in names}, out, "Comparison")
-    from vlforget.evaluation.report import markdown_summary
+    from vlforget.evaluation.report import markdown_summary, mode_markdown
 
     from vlforget.methods.training import is_main_process
 
     if is_main_process():
-        (out / "comparison.md").write_text(markdown_summary(runs))
+        (out / "comparison.md").write_text(markdown_summary(runs) + mode_markdown(runs))
         console.print(f"table: {out / 'comparison.md'}")
 
 

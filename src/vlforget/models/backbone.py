@@ -28,6 +28,7 @@ from typing import Sequence
 
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
 from vlforget.models.checkpoints import FORMAT_VERSION, META_FILE, builtin_path, checkpoint_meta, local_model_folder
 from vlforget.models.connector import PerImageConnector
@@ -92,13 +93,25 @@ class Backbone:
         path = builtin_path() if path is None else local_model_folder(path)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no model found in {path} (expected config.json, weights and tokenizer files)")
-        model_type = AutoConfig.from_pretrained(path).model_type
-        meta = (json.loads((path / META_FILE).read_text()) if (path / META_FILE).exists()
-                else checkpoint_meta(path, model_type))
+        try:
+            model_type = AutoConfig.from_pretrained(path).model_type
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"model folder {path}: config.json is not a readable model config "
+                             f"({' '.join(str(error).split())[:300]})") from None
+        try:
+            meta = (json.loads((path / META_FILE).read_text()) if (path / META_FILE).exists()
+                    else checkpoint_meta(path, model_type))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"model folder {path}: {META_FILE} or preprocessor_config.json is not valid JSON "
+                             f"({error})") from None
         kwargs = {"dtype": dtype} if dtype is not None else {}
-        model = model_class(model_type).from_pretrained(path, **kwargs)
-        model.eval()
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        try:
+            model = model_class(model_type).from_pretrained(path, **kwargs)
+            model.eval()
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        except (OSError, SafetensorError, RuntimeError, TypeError) as error:
+            raise ValueError(f"model folder {path}: could not load the weights or tokenizer "
+                             f"({' '.join(str(error).split())[:300]})") from None
         tokenizer.padding_side = "left"
         return cls(model, tokenizer, device, meta)
 

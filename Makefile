@@ -1,6 +1,9 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# Everything is installed into .venv inside the repo; torch is pinned to the CPU
-# build first so pip never pulls a multi-GB CUDA build.
+# Everything is installed into .venv inside the repo. torch is installed first, at a
+# pinned version, unless the venv already has one. Which build pip picks is pip's own
+# configuration: on Linux the default index serves the CUDA build (several GB); to get
+# the CPU-only build, point pip at PyTorch's CPU wheel index first (PIP_INDEX_URL or
+# PIP_EXTRA_INDEX_URL), or install torch into .venv yourself before `make`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -23,7 +23,7 @@ from vlforget.configs import build_config
 from vlforget.data.benchmark import BenchmarkConfig
 from vlforget.data.requests import load_paraphrases, load_specs
 from vlforget.methods.core.config import CoreConfig
-from vlforget.methods.finetune import FinetuneConfig
+from vlforget.methods.lora_finetune import FinetuneConfig
 
 GOOD_REQUEST = {"name": "stars", "description": "Do not identify stars.", "mode": "both",
                 "visual": {"shape": "star"}, "intents": ["identify"], "refusals": ["sorry, i cannot identify stars."]}

@@ -403,5 +403,49 @@ def pretrain(out: Path = typer.Option(..., help="folder to write the model into"
     train(out, seed=seed, **_command_settings(config, valid))
 
 
+@app.command()
+@user_errors
+def attack(run_dir: Path = typer.Argument(..., help="a run folder written by `vlforget run` (or OUT/<method> of compare)"),
+           step: Optional[int] = typer.Option(None, help="attack the state after this step (default: the last)"),
+           attack: Optional[str] = typer.Option(None, "--attack", help="comma-separated attacks (default: all): "
+                                                "perturbations, pgd, relearning, quantisation, membership, crossmodal"),
+           config: Optional[Path] = typer.Option(None, help="JSON/YAML file of attack settings (pairs_per_request, "
+                                                 "pgd_epsilon, relearn_steps, ...; see docs/metrics.md)"),
+           model: Optional[str] = typer.Option(None, help="backbone checkpoint folder the run used"),
+           dataset: Optional[str] = typer.Option(None, help="for a run on a loaded benchmark: its format"),
+           data: Optional[Path] = typer.Option(None, help="with --dataset: the folder or file holding it"),
+           device: str = typer.Option("cpu", help=DEVICE_HELP)):
+    """Attack a saved state: does the forgetting hold? Writes RUN/attacks/<name>.json and the report's table."""
+    from vlforget.configs import build_config
+    from vlforget.evaluation.attacks.runner import parse_attack_names, run_attacks
+    from vlforget.evaluation.attacks.tables import read_attacks, show
+    from vlforget.evaluation.attacks.target import AttackConfig, load_target
+
+    names = parse_attack_names(attack)  # fail on a typo before loading anything
+    settings = build_config(AttackConfig, _overrides(config), where=f"{config}")
+    target = load_target(run_dir, step, settings, model, dataset, data, _placement(device, "auto"))
+    records = run_attacks(target, names, progress=lambda name: err.print(f"[dim]attack: {name}[/]", highlight=False))
+    from rich import box
+
+    table = Table(title=f"Attacks on {target.results['method']} after step {target.step}", box=box.SIMPLE_HEAD)
+    table.add_column("attack", no_wrap=True)
+    table.add_column("numbers")
+    for name, record in records.items():
+        table.add_row(name, "; ".join(f"{k}: {show(v)}" for k, v in record["headline"].items()))
+    console.print(table)
+    _refresh_report(run_dir, read_attacks(run_dir))
+    console.print(f"attack results: {run_dir / 'attacks'}")
+
+
+def _refresh_report(run_dir: Path, attacks: dict) -> None:
+    """Rewrite the run's report so it carries the attacks table (the run's results are unchanged)."""
+    from vlforget.evaluation.report import write_report
+    from vlforget.evaluation.runner import RESULTS_FILE
+
+    results = json.loads((run_dir / RESULTS_FILE).read_text())
+    write_report({results["method"]: results}, {results["method"]: run_dir}, run_dir,
+                 title=f"vlforget summary: {results['method']}")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

@@ -217,12 +217,17 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
             judge: str = typer.Option("minilm", help="refusal judge: minilm or lexical"),
             config: Optional[Path] = typer.Option(None, help="JSON/YAML file: method name -> its config overrides"),
             device: str = typer.Option("auto", help=DEVICE_HELP),
-            dtype: str = typer.Option("auto", help=DTYPE_HELP)):
+            dtype: str = typer.Option("auto", help=DTYPE_HELP),
+            attacks: Optional[str] = typer.Option(None, help="then attack every method's last state with these "
+                                                  "attacks ('all' or comma-separated, see `vlforget attack`) and "
+                                                  "write OUT/robustness.md"),
+            attack_config: Optional[Path] = typer.Option(None, help="with --attacks: JSON/YAML attack settings")):
     """Run several methods on the same sequence and print one side-by-side table."""
     from vlforget.configs import build_config, read_mapping
     from vlforget.methods import method_class
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
+    attack_names = _attack_names(attacks, attack_config)  # fail on a typo before hours of running
     per_method = read_mapping(config) if config else {}
     for key in per_method:
         if key not in names:
@@ -242,6 +247,46 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
     if is_main_process():
         (out / "comparison.md").write_text(markdown_summary(runs))
         console.print(f"table: {out / 'comparison.md'}")
+        if attack_names:
+            _robustness(names, out, attack_names, attack_config, model, device)
+
+
+def _attack_names(attacks: Optional[str], attack_config: Optional[Path]) -> list[str]:
+    if attacks is None:
+        if attack_config is not None:
+            raise ValueError("--attack-config needs --attacks")
+        return []
+    from vlforget.configs import build_config
+    from vlforget.evaluation.attacks.runner import parse_attack_names
+    from vlforget.evaluation.attacks.target import AttackConfig
+
+    build_config(AttackConfig, _overrides(attack_config), where=f"{attack_config}")
+    return parse_attack_names(attacks)
+
+
+def _robustness(names: list[str], out: Path, attack_names: list[str], attack_config: Optional[Path],
+                model: Optional[str], device: str) -> None:
+    """Attack each method's last state (attacks already saved for that step are reused) and write OUT/robustness.md."""
+    from vlforget.configs import build_config, to_dict
+    from vlforget.evaluation.attacks.runner import run_attacks
+    from vlforget.evaluation.attacks.tables import read_attacks, robustness_markdown, robustness_row
+    from vlforget.evaluation.attacks.target import AttackConfig, load_target
+
+    settings = build_config(AttackConfig, _overrides(attack_config), where=f"{attack_config}")
+    rows = []
+    for name in names:
+        run_dir = out / name
+        saved = read_attacks(run_dir)
+        done = len(json.loads((run_dir / "results.json").read_text())["steps"])
+        todo = [a for a in attack_names if not (a in saved and saved[a]["step"] == done
+                                                and saved[a]["config"] == to_dict(settings))]
+        if todo:
+            target = load_target(run_dir, None, settings, model, placement=_placement(device, "auto"))
+            run_attacks(target, todo, progress=lambda a, n=name: err.print(f"[dim]attack: {n} {a}[/]", highlight=False))
+            _refresh_report(run_dir)
+        rows.append(robustness_row(name, read_attacks(run_dir)))
+    (out / "robustness.md").write_text(robustness_markdown(rows))
+    console.print(f"robustness: {out / 'robustness.md'}")
 
 
 @app.command()
@@ -418,7 +463,7 @@ def attack(run_dir: Path = typer.Argument(..., help="a run folder written by `vl
     """Attack a saved state: does the forgetting hold? Writes RUN/attacks/<name>.json and the report's table."""
     from vlforget.configs import build_config
     from vlforget.evaluation.attacks.runner import parse_attack_names, run_attacks
-    from vlforget.evaluation.attacks.tables import read_attacks, show
+    from vlforget.evaluation.attacks.tables import show
     from vlforget.evaluation.attacks.target import AttackConfig, load_target
 
     names = parse_attack_names(attack)  # fail on a typo before loading anything
@@ -433,11 +478,11 @@ def attack(run_dir: Path = typer.Argument(..., help="a run folder written by `vl
     for name, record in records.items():
         table.add_row(name, "; ".join(f"{k}: {show(v)}" for k, v in record["headline"].items()))
     console.print(table)
-    _refresh_report(run_dir, read_attacks(run_dir))
+    _refresh_report(run_dir)
     console.print(f"attack results: {run_dir / 'attacks'}")
 
 
-def _refresh_report(run_dir: Path, attacks: dict) -> None:
+def _refresh_report(run_dir: Path) -> None:
     """Rewrite the run's report so it carries the attacks table (the run's results are unchanged)."""
     from vlforget.evaluation.report import write_report
     from vlforget.evaluation.runner import RESULTS_FILE

@@ -129,6 +129,9 @@ def test_perturbations_change_the_images_and_some_answers(target):
         changed += sum(a != b for a, b in zip(answers, clean))
     assert changed > 0
     assert len(perturbations.PERTURBATIONS) == 10  # five families, two strengths each
+    rows = perturbations.run(target)["perturbations"]
+    assert rows["noise-8"]["base_leak"] >= 50.0  # mild noise keeps the content: the original model still answers
+    assert all(r["n_preserved"] <= 6 for r in rows.values())
 
 
 def test_relearning_brings_the_forgotten_answers_back_and_restores_the_weights(target):
@@ -187,7 +190,7 @@ def test_robustness_row_reads_saved_records():
     records = {"perturbations": {"step": 2, "clean": {"crr": 90.0}, "worst_crr_vs_clean": 80.0},
                "membership": {"step": 2, "after": {"loss": {"auc": 0.61}}, "max_abs_auc_minus_half_after": 0.2}}
     row = robustness_row("core", records)
-    assert row[:4] == ["core", "2", "90.0", "80.0"] and "0.610 / 0.200" in row
+    assert row[:4] == ["core", "2", "90.0", "80.0 (n/a)"] and "0.610 / 0.200" in row
     assert robustness_markdown([row]).count("\n") == 3
 
 

@@ -18,6 +18,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
+from vlforget.evaluation.metrics import contains_answer
+
 Perturb = Callable[[Image.Image, random.Random], Image.Image]
 
 
@@ -85,17 +87,52 @@ def perturbed(samples, name: str, seed: int):
 
 
 def run(target) -> dict:
-    """CRR and leak on the forget test subsample, clean and under each perturbation."""
+    """CRR and leak on the forget test subsample, clean and under each perturbation.
+
+    A strong perturbation can destroy what the question is about (a crop cuts the star
+    out, heavy JPEG turns a digit into another): the request's scope then no longer
+    covers the image and a refusal is no longer owed. So each row also has the original
+    model's leak on the perturbed images (`base_leak`: how often the content survives)
+    and CRR on `preserved` pairs only, those where the original model still gives the
+    original answer (`crr_preserved`)."""
     pairs = target.forget_test()
+    base = target.base()
     clean = target.forget_metrics(target.method, pairs)
     rows = {}
     for name, (family, strength, _) in PERTURBATIONS.items():
         moved = {r: perturbed(samples, name, target.config.seed) for r, samples in pairs.items()}
         metrics = target.forget_metrics(target.method, moved)
         ratio = (100.0 * metrics["crr"] / clean["crr"]) if clean["crr"] else None
-        rows[name] = {"family": family, "strength": strength, **metrics, "crr_vs_clean": ratio}
-    worst = min((r["crr_vs_clean"] for r in rows.values() if r["crr_vs_clean"] is not None), default=None)
+        preserved = preserved_pairs(base, moved)
+        kept = {r: v for r, v in preserved.items() if v}
+        on_preserved = target.forget_metrics(target.method, kept) if kept else {"crr": None}
+        rows[name] = {"family": family, "strength": strength, **metrics, "crr_vs_clean": ratio,
+                      "base_leak": target.forget_metrics(base, moved)["leak"],
+                      "n_preserved": sum(len(v) for v in kept.values()), "crr_preserved": on_preserved["crr"],
+                      "crr_preserved_vs_clean": (100.0 * on_preserved["crr"] / clean["crr"])
+                      if clean["crr"] and on_preserved["crr"] is not None else None}
+    worst = _min(r["crr_vs_clean"] for r in rows.values())
+    worst_preserved = _min(r["crr_preserved_vs_clean"] for r in rows.values())
     return {"clean": clean, "perturbations": rows, "worst_crr_vs_clean": worst,
+            "worst_crr_preserved_vs_clean": worst_preserved,
             "headline": {"clean CRR": clean["crr"], "worst CRR % of clean": worst,
-                         "max leak": max(r["leak"] for r in rows.values() if r["leak"] is not None)
-                         if any(r["leak"] is not None for r in rows.values()) else None}}
+                         "worst CRR % of clean (content preserved)": worst_preserved,
+                         "max leak": _max(r["leak"] for r in rows.values())}}
+
+
+def preserved_pairs(base, moved: dict) -> dict:
+    """Per request, the perturbed pairs on which the original model still gives the original answer."""
+    flat = [s for samples in moved.values() for s in samples]
+    answers = iter(base.generate([s.image for s in flat], [s.instruction for s in flat]))
+    return {r: [s for s in samples if contains_answer(next(answers), s.meta.get("original_answer", ""))]
+            for r, samples in moved.items()}
+
+
+def _min(values):
+    kept = [v for v in values if v is not None]
+    return min(kept) if kept else None
+
+
+def _max(values):
+    kept = [v for v in values if v is not None]
+    return max(kept) if kept else None

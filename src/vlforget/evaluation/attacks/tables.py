@@ -32,7 +32,7 @@ def attack_rows(attacks: dict[str, dict]) -> list[list[str]]:
              "; ".join(f"{k}: {show(v)}" for k, v in r["headline"].items())] for name, r in attacks.items()]
 
 
-ROBUSTNESS_HEADER = ["method", "step", "clean CRR", "worst perturbed CRR (% of clean)", "CRR / leak under PGD",
+ROBUSTNESS_HEADER = ["method", "step", "clean CRR", "worst perturbed CRR, % of clean (content preserved)", "CRR / leak under PGD",
                      "leak after 20 relearning steps (control)", "CRR / AR / S int8 (float)",
                      "MIA AUC loss / max |AUC-0.5|", "no-image leak / other-intent concept leak"]
 
@@ -56,7 +56,7 @@ def robustness_row(method: str, attacks: dict[str, dict]) -> list[str]:
     return [
         method, step,
         _f(_get(p, "clean", "crr") or _get(g, "clean", "crr")),
-        _f(_get(p, "worst_crr_vs_clean")),
+        f"{_f(_get(p, 'worst_crr_vs_clean'))} ({_f(_get(p, 'worst_crr_preserved_vs_clean'))})",
         f"{_f(_get(g, 'attacked', 'crr'))} / {_f(_get(g, 'attacked', 'leak'))}",
         f"{_f(_get(r, 'arms', 'forget', at, 'leak'))} ({_f(_get(r, 'arms', 'retain_control', at, 'leak'))})",
         f"{_f(_get(q, 'int8', 'crr'))} / {_f(_get(q, 'int8', 'ar'))} / {_f(_get(q, 'int8', 's'))} "

@@ -239,16 +239,16 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
     runs = {name: run_one(name, out / name, model, None, tasks, seed, None, limit, judge,
                           overrides=per_method.get(name), placement=placement)
             for name in names}
+    from vlforget.methods.training import is_main_process
+
+    if attack_names and is_main_process():  # before the report, so it shows every run's attacks table
+        _robustness(names, out, attack_names, attack_config, model, device)
     _finish(runs, {name: out / name for name in names}, out, "Comparison")
     from vlforget.evaluation.report import markdown_summary
-
-    from vlforget.methods.training import is_main_process
 
     if is_main_process():
         (out / "comparison.md").write_text(markdown_summary(runs))
         console.print(f"table: {out / 'comparison.md'}")
-        if attack_names:
-            _robustness(names, out, attack_names, attack_config, model, device)
 
 
 def _attack_names(attacks: Optional[str], attack_config: Optional[Path]) -> list[str]:

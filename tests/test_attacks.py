@@ -218,3 +218,20 @@ def test_cli_attack_writes_results_and_the_report_table(run_dir, tmp_path):
         assert bad.exit_code == 2 and message in bad.output
     missing = runner.invoke(app, ["attack", str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and "no run in" in missing.output
+
+
+def test_robustness_table_over_runs_reuses_saved_attacks(run_dir, tmp_path):
+    from vlforget.cli import _robustness
+
+    config = tmp_path / "attack.yaml"
+    config.write_text(json.dumps(SETTINGS))
+    _robustness(["idknll"], run_dir.parent, ["crossmodal"], config, None, "cpu")
+    saved = run_dir / "attacks" / "crossmodal.json"
+    first = saved.read_text()
+    table = (run_dir.parent / "robustness.md").read_text()
+    assert table.startswith("| method | step |") and "| idknll | 1 |" in table
+    _robustness(["idknll"], run_dir.parent, ["crossmodal"], config, None, "cpu")
+    assert saved.read_text() == first  # same step and settings: not recomputed
+    bad = CliRunner().invoke(app, ["compare", "--methods", "idknll", "--out", str(tmp_path), "--attack-config",
+                                   str(config)])
+    assert bad.exit_code == 2 and "--attack-config needs --attacks" in bad.output

@@ -187,10 +187,12 @@ def test_crossmodal_probes_name_the_concept_outside_the_scope(target):
 
 
 def test_robustness_row_reads_saved_records():
-    records = {"perturbations": {"step": 2, "clean": {"crr": 90.0}, "worst_crr_vs_clean": 80.0},
+    records = {"perturbations": {"step": 2, "clean": {"crr": 90.0, "leak": 5.0}, "worst_crr_vs_clean": 80.0,
+                                 "worst_crr_preserved_vs_clean": 95.0, "headline": {"max leak": 12.5}},
                "membership": {"step": 2, "after": {"loss": {"auc": 0.61}}, "max_abs_auc_minus_half_after": 0.2}}
     row = robustness_row("core", records)
-    assert row[:4] == ["core", "2", "90.0", "80.0 (n/a)"] and "0.610 / 0.200" in row
+    assert row[:4] == ["core", "2", "90.0 / 5.0", "80.0 (95.0) / 12.5"] and "0.610 / 0.200" in row
+    assert row[4] == "n/a / n/a"  # no pgd record
     assert robustness_markdown([row]).count("\n") == 3
 
 

@@ -94,7 +94,8 @@ def run(target) -> dict:
     covers the image and a refusal is no longer owed. So each row also has the original
     model's leak on the perturbed images (`base_leak`: how often the content survives)
     and CRR on `preserved` pairs only, those where the original model still gives the
-    original answer (`crr_preserved`)."""
+    original answer (`crr_preserved`), next to the state's CRR on the same pairs unperturbed
+    (`crr_preserved_clean`; their ratio is `crr_preserved_vs_clean`)."""
     pairs = target.forget_test()
     base = target.base()
     clean = target.forget_metrics(target.method, pairs)
@@ -103,14 +104,17 @@ def run(target) -> dict:
         moved = {r: perturbed(samples, name, target.config.seed) for r, samples in pairs.items()}
         metrics = target.forget_metrics(target.method, moved)
         ratio = (100.0 * metrics["crr"] / clean["crr"]) if clean["crr"] else None
-        preserved = preserved_pairs(base, moved)
-        kept = {r: v for r, v in preserved.items() if v}
-        on_preserved = target.forget_metrics(target.method, kept) if kept else {"crr": None}
+        kept = preserved_pairs(base, moved)
+        kept_clean = {r: [pairs[r][i] for i in v] for r, v in kept.items() if v}
+        kept_moved = {r: [moved[r][i] for i in v] for r, v in kept.items() if v}
+        on_moved = target.forget_metrics(target.method, kept_moved)["crr"] if kept_moved else None
+        on_clean = target.forget_metrics(target.method, kept_clean)["crr"] if kept_clean else None
         rows[name] = {"family": family, "strength": strength, **metrics, "crr_vs_clean": ratio,
                       "base_leak": target.forget_metrics(base, moved)["leak"],
-                      "n_preserved": sum(len(v) for v in kept.values()), "crr_preserved": on_preserved["crr"],
-                      "crr_preserved_vs_clean": (100.0 * on_preserved["crr"] / clean["crr"])
-                      if clean["crr"] and on_preserved["crr"] is not None else None}
+                      "n_preserved": sum(len(v) for v in kept_moved.values()),
+                      "crr_preserved": on_moved, "crr_preserved_clean": on_clean,
+                      "crr_preserved_vs_clean": 100.0 * on_moved / on_clean if on_clean and on_moved is not None
+                      else None}
     worst = _min(r["crr_vs_clean"] for r in rows.values())
     worst_preserved = _min(r["crr_preserved_vs_clean"] for r in rows.values())
     return {"clean": clean, "perturbations": rows, "worst_crr_vs_clean": worst,
@@ -120,11 +124,11 @@ def run(target) -> dict:
                          "max leak": _max(r["leak"] for r in rows.values())}}
 
 
-def preserved_pairs(base, moved: dict) -> dict:
-    """Per request, the perturbed pairs on which the original model still gives the original answer."""
+def preserved_pairs(base, moved: dict) -> dict[str, list[int]]:
+    """Per request, the indices of perturbed pairs on which the original model still gives the original answer."""
     flat = [s for samples in moved.values() for s in samples]
     answers = iter(base.generate([s.image for s in flat], [s.instruction for s in flat]))
-    return {r: [s for s in samples if contains_answer(next(answers), s.meta.get("original_answer", ""))]
+    return {r: [i for i, s in enumerate(samples) if contains_answer(next(answers), s.meta.get("original_answer", ""))]
             for r, samples in moved.items()}
 
 

@@ -32,9 +32,10 @@ def attack_rows(attacks: dict[str, dict]) -> list[list[str]]:
              "; ".join(f"{k}: {show(v)}" for k, v in r["headline"].items())] for name, r in attacks.items()]
 
 
-ROBUSTNESS_HEADER = ["method", "step", "clean CRR", "worst perturbed CRR, % of clean (content preserved)", "CRR / leak under PGD",
-                     "leak after 20 relearning steps (control)", "CRR / AR / S int8 (float)",
-                     "MIA AUC loss / max |AUC-0.5|", "no-image leak / other-intent concept leak"]
+ROBUSTNESS_HEADER = ["method", "step", "clean CRR / leak",
+                     "perturbed: worst CRR % of clean (content preserved) / max leak", "PGD: CRR / leak",
+                     "leak after 20 relearning steps (retain-only control)", "int8: CRR / AR / S (float)",
+                     "MIA: loss AUC / max |AUC-0.5|", "no-image leak / other-intent concept leak"]
 
 
 def _get(record: dict | None, *keys):
@@ -53,10 +54,12 @@ def robustness_row(method: str, attacks: dict[str, dict]) -> list[str]:
     p, g, r, q, m, c = (attacks.get(n) for n in ATTACK_ORDER)
     step = next((str(a["step"]) for a in attacks.values()), "n/a")
     at = "20" if r and "20" in r["arms"]["forget"] else (str(r["steps"][-1]) if r else None)
+    clean = _get(p, "clean") or _get(g, "clean")
     return [
         method, step,
-        _f(_get(p, "clean", "crr") or _get(g, "clean", "crr")),
-        f"{_f(_get(p, 'worst_crr_vs_clean'))} ({_f(_get(p, 'worst_crr_preserved_vs_clean'))})",
+        f"{_f(_get(clean, 'crr'))} / {_f(_get(clean, 'leak'))}",
+        f"{_f(_get(p, 'worst_crr_vs_clean'))} ({_f(_get(p, 'worst_crr_preserved_vs_clean'))}) / "
+        f"{_f(_get(p, 'headline', 'max leak'))}",
         f"{_f(_get(g, 'attacked', 'crr'))} / {_f(_get(g, 'attacked', 'leak'))}",
         f"{_f(_get(r, 'arms', 'forget', at, 'leak'))} ({_f(_get(r, 'arms', 'retain_control', at, 'leak'))})",
         f"{_f(_get(q, 'int8', 'crr'))} / {_f(_get(q, 'int8', 'ar'))} / {_f(_get(q, 'int8', 's'))} "

@@ -237,3 +237,25 @@ def test_robustness_table_over_runs_reuses_saved_attacks(run_dir, tmp_path):
     bad = CliRunner().invoke(app, ["compare", "--methods", "idknll", "--out", str(tmp_path), "--attack-config",
                                    str(config)])
     assert bad.exit_code == 2 and "--attack-config needs --attacks" in bad.output
+
+
+def test_attacks_on_a_loaded_benchmark_need_it_again(tmp_path):
+    from pathlib import Path
+
+    from vlforget.data.loaders.sequence import LoadedSequence
+
+    data = Path(__file__).parent / "fixtures" / "loaders" / "table" / "pairs.jsonl"
+    out = tmp_path / "loaded"
+    ContinualRun("idknll", LoadedSequence("jsonl", data), out, Backbone.load, {"steps": 5}, make_judge("lexical"),
+                 limit=1).run()
+    runner = CliRunner()
+    missing = runner.invoke(app, ["attack", str(out), "--attack", "crossmodal"])
+    assert missing.exit_code == 2 and "pass --dataset FORMAT --data PATH" in missing.output
+    config = tmp_path / "attack.yaml"
+    config.write_text(json.dumps({"judge": "lexical"}))
+    done = runner.invoke(app, ["attack", str(out), "--attack", "crossmodal,membership", "--config", str(config),
+                               "--dataset", "jsonl", "--data", str(data)])
+    assert done.exit_code == 0, done.output
+    saved = json.loads((out / "attacks" / "crossmodal.json").read_text())
+    assert saved["other_intent"]["n"] == 0 and saved["other_intent"]["skipped"] > 0  # no scene annotations
+    assert saved["no_image"]["n_forget"] > 0

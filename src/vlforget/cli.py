@@ -41,7 +41,13 @@ def user_errors(fn):
 
 
 def _benchmark(seed: int, tasks: Optional[Path], paraphrases: Optional[Path],
-               dataset: Optional[str] = None, data: Optional[Path] = None):
+               dataset: Optional[str] = None, data: Optional[Path] = None, data_options: Optional[dict] = None,
+               utility: Optional[Path] = None, utility_limit: Optional[int] = None):
+    if utility is not None:  # S from a general benchmark file instead of the sequence's own split
+        from vlforget.data.utility import WithUtility, load_utility
+
+        samples = load_utility(utility, utility_limit)
+        return WithUtility(_benchmark(seed, tasks, paraphrases, dataset, data, data_options), samples, utility)
     from vlforget.data.benchmark import Benchmark, BenchmarkConfig
 
     if dataset or data:
@@ -49,7 +55,9 @@ def _benchmark(seed: int, tasks: Optional[Path], paraphrases: Optional[Path],
             raise ValueError("--dataset FORMAT and --data PATH go together")
         from vlforget.data.loaders.sequence import LoadedSequence
 
-        return LoadedSequence(dataset, data)
+        return LoadedSequence(dataset, data, data_options)
+    if data_options:
+        raise ValueError("loader options (--data-config or a 'dataset:' block) need --dataset and --data")
 
     return Benchmark(BenchmarkConfig(seed=seed, requests_file=str(tasks) if tasks else None,
                                      paraphrases_file=str(paraphrases) if paraphrases else None))
@@ -77,9 +85,37 @@ def _backbone_loader(model: Optional[str], placement: tuple = ("cpu", None)):
 
 
 def _overrides(config: Optional[Path]) -> dict:
+    """A --config file's mapping without its `dataset:` block (loader options, see `_data_options`)."""
     from vlforget.configs import read_mapping
 
-    return read_mapping(config) if config else {}
+    settings = read_mapping(config) if config else {}
+    settings.pop(DATASET_BLOCK, None)
+    return settings
+
+
+UTILITY_HELP = ("S from a general benchmark: an MMBench-style .tsv, a ScienceQA-style problems .json or a "
+                "LLaVA-style .json of multiple-choice questions (accuracy relative to the zero-shot model)")
+UTILITY_LIMIT_HELP = "with --utility: only its first N questions"
+DATASET_BLOCK = "dataset"
+DATA_CONFIG_HELP = "with --dataset: JSON/YAML file of the loader's options (see docs/loaders.md)"
+
+
+def _data_options(data_config: Optional[Path], config: Optional[Path]) -> dict:
+    """Loader options: a --config file's `dataset:` block, then a --data-config file's keys on top.
+    Checked against the loader when it runs (`loaders.check_options`)."""
+    from vlforget.configs import read_mapping
+
+    options: dict = {}
+    for path, block in ((config, True), (data_config, False)):
+        if path is None:
+            continue
+        mapping = read_mapping(path)
+        part = mapping.get(DATASET_BLOCK, {}) if block else mapping
+        if not isinstance(part, dict):
+            raise ValueError(f"{path}: '{DATASET_BLOCK}' should map loader option names to values, "
+                             f"got {type(part).__name__}")
+        options.update(part)
+    return options
 
 
 def _command_settings(config: Optional[Path], valid: list[str]) -> dict:
@@ -90,6 +126,35 @@ def _command_settings(config: Optional[Path], valid: list[str]) -> dict:
             raise ValueError(f"unknown key {key!r} in {config}"
                              + (did_you_mean(key, valid) or f"; valid keys: {', '.join(valid)}"))
     return settings
+
+
+JUDGE_HELP = "refusal judge: minilm, lexical, or core (CORE's CRR rule: its refusal patterns, then the nearest refusal)"
+CORE_REPO_HELP = ("your copy of CORE's repository (github Jin0316/CORE): with --dataset core its refusal sentences "
+                  "and prompt pools, with --judge core its refusal patterns; never copied")
+
+
+def _judge(name: str, core_repo: Optional[Path] = None):
+    from vlforget.evaluation.judge import make_judge
+
+    return make_judge(name, core_repo=core_repo) if name == "core" else make_judge(name)
+
+
+def _protocol_defaults(method: str, benchmark) -> dict:
+    """Method settings the loaded protocol fixes (e.g. CORE's forget-only training), for the
+    fields this method has; the user's own overrides come after and win."""
+    import dataclasses
+
+    from vlforget.methods import method_class
+
+    fields = {f.name for f in dataclasses.fields(method_class(method).config_class)}
+    return {k: v for k, v in getattr(benchmark, "method_defaults", {}).items() if k in fields}
+
+
+def _with_core_repo(dataset: Optional[str], options: dict, core_repo: Optional[Path]) -> dict:
+    """--core-repo also gives `--dataset core` CORE's own sentences (unless the options name a repo)."""
+    if core_repo is not None and dataset == "core" and "core_repo" not in options:
+        return {**options, "core_repo": str(core_repo)}
+    return options
 
 
 def summary_table(runs: dict[str, dict], title: str = "Summary (percent)") -> Table:
@@ -126,15 +191,18 @@ def _finish(runs: dict[str, dict], dirs: dict[str, Path], out: Path, title: str 
 def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path], tasks: Optional[Path],
             seed: int, paraphrases: Optional[Path], limit: Optional[int], judge_name: str,
             dataset: Optional[str] = None, data: Optional[Path] = None, overrides: Optional[dict] = None,
-            placement: tuple = ("cpu", None)) -> dict:
+            placement: tuple = ("cpu", None), data_options: Optional[dict] = None, benchmark=None,
+            core_repo: Optional[Path] = None, utility: Optional[Path] = None,
+            utility_limit: Optional[int] = None) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vlforget.evaluation.judge import make_judge
+    from vlforget.evaluation.report import fmt
     from vlforget.evaluation.runner import ContinualRun
 
-    overrides = {"seed": seed, **(overrides or {}), **_overrides(config)}
-    run = ContinualRun(method, _benchmark(seed, tasks, paraphrases, dataset, data), out,
-                       _backbone_loader(model, placement), overrides, make_judge(judge_name), limit)
+    benchmark = benchmark or _benchmark(seed, tasks, paraphrases, dataset, data, data_options, utility, utility_limit)
+    overrides = {"seed": seed, **_protocol_defaults(method, benchmark), **(overrides or {}), **_overrides(config)}
+    run = ContinualRun(method, benchmark, out, _backbone_loader(model, placement), overrides,
+                       _judge(judge_name, core_repo), limit)
     from vlforget.methods.training import is_main_process
 
     if not is_main_process():
@@ -150,8 +218,8 @@ def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path]
                 bar.update(task, description=f"{method}: {event} {info['step']:02d} {info['request']}")
             elif event == "step":
                 bar.update(task, advance=1)
-                bar.console.print(f"  {info['step']:02d} {info['request'][:24]:<24} CRR {info['crr']:5.1f} "
-                                  f"AR {info['ar']:5.1f} S {info['s']:5.1f} dRR {info['drr']:5.1f} "
+                bar.console.print(f"  {info['step']:02d} {info['request'][:24]:<24} CRR {fmt(info['crr'], 5)} "
+                                  f"AR {fmt(info['ar'], 5)} S {fmt(info['s'], 5)} dRR {fmt(info['drr'], 5)} "
                                   f"{info['unlearn_seconds']:5.1f}s", no_wrap=True)
         run.progress = progress
         return run.run()
@@ -193,16 +261,22 @@ def run(method: str = typer.Option(DEFAULT_METHOD, help="registered method name 
         seed: int = typer.Option(0, help="seed for the benchmark and the method"),
         paraphrases: Optional[Path] = typer.Option(None, help="file mapping intent -> evaluation templates"),
         limit: Optional[int] = typer.Option(None, help="only the first N requests"),
-        judge: str = typer.Option("minilm", help="refusal judge: minilm or lexical"),
+        judge: str = typer.Option("minilm", help=JUDGE_HELP),
         dataset: Optional[str] = typer.Option(None, help="load a published benchmark instead: core, safeeraser, "
                                               "mllmu, clear, fiubench, llava_json, jsonl, parquet"),
         data: Optional[Path] = typer.Option(None, help="with --dataset: the folder or file holding it"),
+        data_config: Optional[Path] = typer.Option(None, help=DATA_CONFIG_HELP),
+        core_repo: Optional[Path] = typer.Option(None, help=CORE_REPO_HELP),
+        utility: Optional[Path] = typer.Option(None, help=UTILITY_HELP),
+        utility_limit: Optional[int] = typer.Option(None, help=UTILITY_LIMIT_HELP),
         device: str = typer.Option("auto", help=DEVICE_HELP),
         dtype: str = typer.Option("auto", help=DTYPE_HELP)):
     """Run one method over the request sequence (resumes an interrupted run in --out)."""
     placement = _placement(device, dtype)
+    options = _with_core_repo(dataset, _data_options(data_config, config), core_repo)
     results = run_one(method, out, model, config, tasks, seed, paraphrases, limit, judge, dataset, data,
-                      placement=placement)
+                      placement=placement, data_options=options, core_repo=core_repo, utility=utility,
+                      utility_limit=utility_limit)
     _finish({method: results}, {method: out}, out)
 
 
@@ -214,8 +288,15 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
             tasks: Optional[Path] = typer.Option(None, help="JSON/YAML request sequence"),
             seed: int = typer.Option(0, help="seed"),
             limit: Optional[int] = typer.Option(None, help="only the first N requests"),
-            judge: str = typer.Option("minilm", help="refusal judge: minilm or lexical"),
-            config: Optional[Path] = typer.Option(None, help="JSON/YAML file: method name -> its config overrides"),
+            judge: str = typer.Option("minilm", help=JUDGE_HELP),
+            config: Optional[Path] = typer.Option(None, help="JSON/YAML file: method name -> its config overrides "
+                                                  "(and an optional 'dataset:' block of loader options)"),
+            dataset: Optional[str] = typer.Option(None, help="load a published benchmark instead (as in `run`)"),
+            data: Optional[Path] = typer.Option(None, help="with --dataset: the folder or file holding it"),
+            data_config: Optional[Path] = typer.Option(None, help=DATA_CONFIG_HELP),
+            core_repo: Optional[Path] = typer.Option(None, help=CORE_REPO_HELP),
+            utility: Optional[Path] = typer.Option(None, help=UTILITY_HELP),
+            utility_limit: Optional[int] = typer.Option(None, help=UTILITY_LIMIT_HELP),
             device: str = typer.Option("auto", help=DEVICE_HELP),
             dtype: str = typer.Option("auto", help=DTYPE_HELP),
             attacks: Optional[str] = typer.Option(None, help="then attack every method's last state with these "
@@ -223,12 +304,15 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
                                                   "write OUT/robustness.md"),
             attack_config: Optional[Path] = typer.Option(None, help="with --attacks: JSON/YAML attack settings")):
     """Run several methods on the same sequence and print one side-by-side table."""
-    from vlforget.configs import build_config, read_mapping
+    from vlforget.configs import build_config
     from vlforget.methods import method_class
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     attack_names = _attack_names(attacks, attack_config)  # fail on a typo before hours of running
-    per_method = read_mapping(config) if config else {}
+    per_method = _overrides(config)
+    data_options = _with_core_repo(dataset, _data_options(data_config, config), core_repo)
+    # loaded once, shared by every method's run; a bad folder or option fails before any run
+    benchmark = _benchmark(seed, tasks, None, dataset, data, data_options, utility, utility_limit)
     for key in per_method:
         if key not in names:
             raise ValueError(f"{config}: {key!r} is not one of --methods" + did_you_mean(key, names))
@@ -237,12 +321,13 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
         build_config(cls.config_class, per_method.get(name), where=f"{config} ({name})")
     placement = _placement(device, dtype)
     runs = {name: run_one(name, out / name, model, None, tasks, seed, None, limit, judge,
-                          overrides=per_method.get(name), placement=placement)
+                          overrides=per_method.get(name), placement=placement, benchmark=benchmark,
+                          core_repo=core_repo)
             for name in names}
     from vlforget.methods.training import is_main_process
 
     if attack_names and is_main_process():  # before the report, so it shows every run's attacks table
-        _robustness(names, out, attack_names, attack_config, model, device)
+        _robustness(names, out, attack_names, attack_config, model, device, dataset, data)
     _finish(runs, {name: out / name for name in names}, out, "Comparison")
     from vlforget.evaluation.report import markdown_summary
 
@@ -265,7 +350,7 @@ def _attack_names(attacks: Optional[str], attack_config: Optional[Path]) -> list
 
 
 def _robustness(names: list[str], out: Path, attack_names: list[str], attack_config: Optional[Path],
-                model: Optional[str], device: str) -> None:
+                model: Optional[str], device: str, dataset: Optional[str] = None, data: Optional[Path] = None) -> None:
     """Attack each method's last state (attacks already saved for that step are reused) and write OUT/robustness.md."""
     from vlforget.configs import build_config, to_dict
     from vlforget.evaluation.attacks.runner import run_attacks
@@ -281,7 +366,7 @@ def _robustness(names: list[str], out: Path, attack_names: list[str], attack_con
         todo = [a for a in attack_names if not (a in saved and saved[a]["step"] == done
                                                 and saved[a]["config"] == to_dict(settings))]
         if todo:
-            target = load_target(run_dir, None, settings, model, placement=_placement(device, "auto"))
+            target = load_target(run_dir, None, settings, model, dataset, data, placement=_placement(device, "auto"))
             run_attacks(target, todo, progress=lambda a, n=name: err.print(f"[dim]attack: {n} {a}[/]", highlight=False))
             _refresh_report(run_dir)
         rows.append(robustness_row(name, read_attacks(run_dir)))
@@ -306,29 +391,40 @@ def base_eval(model: Optional[str] = typer.Option(None, help="backbone checkpoin
               as_json: bool = typer.Option(False, "--json", help="print JSON"),
               seed: int = typer.Option(0, help="benchmark seed"),
               config: Optional[Path] = typer.Option(None, help="JSON/YAML file of benchmark config fields "
-                                                    "(e.g. n_general_test)"),
+                                                    "(e.g. n_general_test), or a 'dataset:' block with --dataset"),
+              dataset: Optional[str] = typer.Option(None, help="evaluate on a published benchmark's retain test "
+                                                    "pairs instead (formats as in `run`)"),
+              data: Optional[Path] = typer.Option(None, help="with --dataset: the folder or file holding it"),
+              data_config: Optional[Path] = typer.Option(None, help=DATA_CONFIG_HELP),
               device: str = typer.Option("auto", help=DEVICE_HELP),
               dtype: str = typer.Option("auto", help=DTYPE_HELP)):
-    """Per-intent exact match and refusal rates of a model on the held-out general split."""
+    """Per-intent exact match and refusal rates of a model on the held-out general split
+    (with --dataset: on the pairs every request must keep answering)."""
     from vlforget.configs import build_config
     from vlforget.data.benchmark import Benchmark, BenchmarkConfig
+    from vlforget.evaluation.report import fmt
     from vlforget.models.backbone import Backbone
     from vlforget.models.evaluate import base_eval as evaluate
 
-    bench = Benchmark(build_config(BenchmarkConfig, {"seed": seed, **_overrides(config)}, where=f"{config}"))
-    report = evaluate(Backbone.load(model, *_placement(device, dtype)), bench.general_test())
+    if dataset or data:
+        loaded = _benchmark(seed, None, None, dataset, data, _data_options(data_config, config))
+        samples = [s for r in loaded.requests() for s in r.retain_test] + loaded.utility_split()
+        if not samples:
+            raise ValueError(f"{data}: the {dataset} data has no retain test pairs to evaluate on")
+    else:
+        samples = Benchmark(build_config(BenchmarkConfig, {"seed": seed, **_overrides(config)},
+                                         where=f"{config}")).general_test()
+    report = evaluate(Backbone.load(model, *_placement(device, dtype)), samples)
     if as_json:
         print(json.dumps(report, indent=1))
         return
-    table = Table(title="Base model on the held-out general split")
+    table = Table(title="Base model on " + (f"{dataset} retain pairs" if dataset else "the held-out general split"))
     table.add_column("key")
     table.add_column("value", justify="right")
     for key, value in report.items():
-        if isinstance(value, dict):
-            for k, v in value.items():
-                table.add_row(f"{key}.{k}", f"{v:.1f}" if isinstance(v, float) else str(v))
-        else:
-            table.add_row(key, f"{value:.1f}" if isinstance(value, float) else str(value))
+        for name, v in (value.items() if isinstance(value, dict) else [(None, value)]):
+            label = key if name is None else f"{key}.{name}"
+            table.add_row(label, str(v) if isinstance(v, int) else fmt(v))
     console.print(table)
 
 
@@ -374,6 +470,14 @@ def chat(instruction: str = typer.Argument(..., help="the instruction, e.g. 'wha
     console.print(method.generate([picture], [instruction])[0])
 
 
+def _scope_text(scope: dict) -> str:
+    """"mode: visual / intents" for the built-in scopes; loaded data names keywords instead."""
+    visual = scope.get("visual") or {}
+    visual = ",".join(f"{k}={v}" for k, v in visual.items()) if isinstance(visual, dict) else ",".join(map(str, visual))
+    intents = ",".join(scope.get("intents") or scope.get("keywords") or [])
+    return f"{scope.get('mode', '?')}: {visual or '-'} / {intents or '-'}"
+
+
 @app.command()
 @user_errors
 def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `vlforget run`"),
@@ -381,6 +485,7 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `v
                                                   "(does its refusal hold?)"),
             config: Optional[Path] = typer.Option(None, help="JSON/YAML file of this command's options (request)")):
     """Which requests a run applied, their scopes, and their measured verification numbers."""
+    from vlforget.evaluation.report import fmt
     from vlforget.evaluation.runner import RESULTS_FILE
 
     focus = _command_settings(config, ["request"]).get("request", request)  # the loops below reuse `request`
@@ -407,12 +512,9 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `v
     for i, request in enumerate(results["requests"]):
         per = last.get("per_request", {}).get(request["name"], {})
         applied = i < len(steps)
-        scope = request["scope"]
-        visual = ",".join(f"{k}={v}" for k, v in (scope.get("visual") or {}).items())
-        intents = ",".join(scope.get("intents") or [])
-        table.add_row(str(i + 1) if applied else "-", request["name"], f"{scope['mode']}: {visual} / {intents}",
-                      f"{per['crr']:.1f}" if applied and per.get("crr") is not None else "",
-                      f"{per['ar']:.1f}" if per.get("ar") is not None else "",
+        table.add_row(str(i + 1) if applied else "-", request["name"], _scope_text(request.get("scope") or {}),
+                      fmt(per.get("crr")) if applied else "",
+                      fmt(per.get("ar")) if per else "",
                       f"{steps[i]['unlearn_seconds']:.1f}" if applied else "")
     console.print(table)
     for i, request in enumerate(results["requests"]):
@@ -422,6 +524,16 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `v
                           f"visual: {'; '.join(concepts['visual']) or '-'} | textual: {'; '.join(concepts['textual']) or '-'}")
     if results.get("summary"):
         console.print(summary_table({results["method"]: results}))
+    from vlforget.evaluation.report import MODE_COLUMNS, mode_rows
+
+    if mode_rows(results):
+        modes = Table(title="By mode after the last request (HH/HU/UH refused, UU answered)", box=box.SIMPLE_HEAD,
+                      pad_edge=False)
+        for column in ["mode"] + [label for _, label in MODE_COLUMNS]:
+            modes.add_column(column, justify="right")
+        for row in mode_rows(results):
+            modes.add_row(*row)
+        console.print(modes)
     if focus is not None:
         history = Table(title=f"{focus} after each step", box=box.SIMPLE_HEAD, pad_edge=False)
         for column in ("step", "applied", "CRR", "AR"):
@@ -429,8 +541,25 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `v
         for i, step in enumerate(steps):
             per = step.get("per_request", {}).get(focus, {})
             crr, ar = per.get("crr"), per.get("ar")
-            history.add_row(str(i + 1), names[i], "" if crr is None else f"{crr:.1f}", "" if ar is None else f"{ar:.1f}")
+            history.add_row(str(i + 1), names[i], fmt(crr), fmt(ar))
         console.print(history)
+
+
+@app.command()
+@user_errors
+def rescore(run_dir: Path = typer.Argument(..., help="a run folder written by `vlforget run`"),
+            judge: str = typer.Option(..., help="the judge to score the kept responses with: " + JUDGE_HELP[15:]),
+            core_repo: Optional[Path] = typer.Option(None, help=CORE_REPO_HELP)):
+    """Recompute a run's metrics with another judge from its kept responses (no model needed)."""
+    from vlforget.evaluation.rescore import rescore as recompute
+    from vlforget.evaluation.report import write_report
+
+    results, out = recompute(run_dir, _judge(judge, core_repo), judge)
+    name = f"{results['method']} ({judge})"
+    console.print(summary_table({name: results}, f"Re-scored with {judge} (percent)"))
+    report = write_report({name: results}, {name: run_dir}, out, title=f"vlforget rescore: {name}")
+    console.print(f"results: {out / 'results.json'}")
+    console.print(f"report:  {report}")
 
 
 @app.command()

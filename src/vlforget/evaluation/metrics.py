@@ -43,9 +43,12 @@ METRICS: dict[str, Metric] = {m.key: m for m in [
     Metric("rr_retain", False, "refusal rate on retain data"),
     Metric("leak", False, "forget responses that still contain the original answer (mean over requests)"),
     Metric("overrefusal", False, "retain responses that are refusals (= rr_retain)"),
+    Metric("retain_rougeL", True, "ROUGE-L F1 of retain answers against the zero-shot model's answers"),
+    Metric("retain_similarity", True, "MiniLM cosine similarity of retain answers to the zero-shot model's answers"),
 ]}
 # The metrics summarised as <key>_avg / <key>_last.
-SUMMARY_METRICS = ("crr", "crr_pooled", "ar", "s", "drr", "leak", "overrefusal")
+SUMMARY_METRICS = ("crr", "crr_pooled", "ar", "s", "drr", "leak", "overrefusal", "retain_rougeL",
+                   "retain_similarity")
 
 
 # --- text helpers ----------------------------------------------------------------------------------
@@ -100,7 +103,8 @@ def refusal_deviation(rr_forget: float | None, rr_retain: float | None) -> float
 
 
 def step_metrics(forget: dict[str, list[Pair]], retain: dict[str, list[Pair]], utility_accuracy: float,
-                 utility_base: float, judge: Judge | None, contexts: dict[str, list[str]]) -> dict[str, Any]:
+                 utility_base: float, judge: Judge | None, contexts: dict[str, list[str]],
+                 verdicts: dict[str, dict[str, list]] | None = None) -> dict[str, Any]:
     """All metrics of one evaluation step.
 
     forget:   request name -> [(response, original answer)] for every request seen so far;
@@ -112,15 +116,19 @@ def step_metrics(forget: dict[str, list[Pair]], retain: dict[str, list[Pair]], u
     judge:    a Judge (None: make_judge('auto')).
     contexts: request name -> reference texts (refusals + description) the judge chooses
               among; must contain every forget request.
+    verdicts: if given, filled with the judge's decision on every pair, so the caller can
+              keep them beside the responses: {"forget": {name: [Verdict]}, "retain": {name: [refused]}}.
     Returns the headline rates plus `per_request` breakdowns (for request x step heatmaps).
     """
     judge = judge or make_judge("auto")
     per_request: dict[str, dict[str, Any]] = {}
     totals = {"n": 0, "ok": 0, "refused": 0}
     for name, pairs in forget.items():
-        verdicts = judge.judge([r for r, _ in pairs], [name] * len(pairs), contexts)
-        ok = sum(v.context_ok for v in verdicts)
-        refused = sum(v.refused for v in verdicts)
+        judged = judge.judge([r for r, _ in pairs], [name] * len(pairs), contexts)
+        if verdicts is not None:
+            verdicts.setdefault("forget", {})[name] = judged
+        ok = sum(v.context_ok for v in judged)
+        refused = sum(v.refused for v in judged)
         known = [(r, a) for r, a in pairs if normalise_answer(a)]
         leaked = sum(contains_answer(r, a, contexts.get(name, ())) for r, a in known)
         per_request[name] = {"n_forget": len(pairs), "crr": pct(ok, len(pairs)),
@@ -132,6 +140,8 @@ def step_metrics(forget: dict[str, list[Pair]], retain: dict[str, list[Pair]], u
     retain_n = retain_refused = retain_answered = 0
     for name, pairs in retain.items():
         flags = judge.is_refusal([r for r, _ in pairs])
+        if verdicts is not None:
+            verdicts.setdefault("retain", {})[name] = flags
         # A retain pair with no known reference (e.g. open prompts in loaded datasets)
         # counts as answered when it is not refused: correctness cannot be checked.
         answered = sum(not f and (not normalise_answer(a) or normalise_answer(r) == normalise_answer(a))

@@ -20,8 +20,19 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-SUMMARY_KEYS = ["crr", "ar", "s", "drr", "leak", "overrefusal"]
-LABELS = {"crr": "CRR", "ar": "AR", "s": "S", "drr": "dRR", "leak": "Leak", "overrefusal": "Over-refusal"}
+SUMMARY_KEYS = ["crr", "ar", "s", "drr", "leak", "overrefusal"]  # the terminal table (fits 80 columns)
+# The report and summary.md add the retain answers' agreement with the zero-shot model.
+REPORT_KEYS = SUMMARY_KEYS + ["retain_rougeL", "retain_similarity"]
+LABELS = {"crr": "CRR", "ar": "AR", "s": "S", "drr": "dRR", "leak": "Leak", "overrefusal": "Over-refusal",
+          "retain_rougeL": "Retain ROUGE-L", "retain_similarity": "Retain sim"}
+
+
+def fmt(value, width: int = 0) -> str:
+    """A percentage to one decimal, or "n/a" when the metric is undefined (None or NaN):
+    loaded datasets have no utility split (S), a request may have no test pairs."""
+    if value is None or (isinstance(value, float) and value != value):
+        return f"{'n/a':>{width}}"
+    return f"{value:{width}.1f}"
 
 
 def _png(fig) -> str:
@@ -36,7 +47,8 @@ def curves_plot(runs: dict[str, dict]) -> str:
     for ax, key in zip(axes, ("crr", "ar")):
         for name, results in runs.items():
             steps = results["steps"]
-            ax.plot([s["step"] for s in steps], [s[key] for s in steps], marker="o", ms=3, label=name)
+            values = [np.nan if s.get(key) is None else s[key] for s in steps]
+            ax.plot([s["step"] for s in steps], values, marker="o", ms=3, label=name)
         ax.set_title(f"{LABELS[key]} after each request")
         ax.set_xlabel("request (step)")
         ax.set_ylabel("percent")
@@ -82,25 +94,58 @@ def routing_heatmap(results: dict) -> str | None:
     return _png(fig)
 
 
-def summary_rows(runs: dict[str, dict]) -> list[list[str]]:
+def summary_rows(runs: dict[str, dict], keys: list[str] = SUMMARY_KEYS) -> list[list[str]]:
     rows = []
     for name, results in runs.items():
         summary = results.get("summary") or {}
-        cells = [f"{summary.get(f'{k}_{w}', float('nan')):.1f}" for k in SUMMARY_KEYS for w in ("avg", "last")]
+        cells = [fmt(summary.get(f"{k}_{w}")) for k in keys for w in ("avg", "last")]
         seconds = summary.get("unlearn_seconds") or []
         # Median: one request slowed by a noisy neighbour should not move the column.
-        cells.append(f"{statistics.median(seconds):.1f}" if seconds else "nan")
+        cells.append(f"{statistics.median(seconds):.1f}" if seconds else "n/a")
         rows.append([name] + cells)
     return rows
 
 
-SUMMARY_HEADER = ["method"] + [f"{LABELS[k]} {w}" for k in SUMMARY_KEYS for w in ("Avg", "Last")] + ["s/request (median)"]
+SUMMARY_HEADER = ["method"] + [f"{LABELS[k]} {w}" for k in REPORT_KEYS for w in ("Avg", "Last")] + ["s/request (median)"]
 
 
 def markdown_summary(runs: dict[str, dict]) -> str:
     lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + "---|" * len(SUMMARY_HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(runs)]
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(runs, REPORT_KEYS)]
     return "\n".join(lines) + "\n"
+
+
+MODE_COLUMNS = [("n", "pairs"), ("refused", "refused %"), ("crr", "context-correct %"), ("answered", "answered %")]
+
+
+def mode_rows(results: dict) -> list[list[str]]:
+    """CORE's HH/HU/UH/UU breakdown after the last request: one row per mode."""
+    steps = results.get("steps") or []
+    modes = steps[-1].get("per_mode") if steps else None
+    return [[mode] + [str(v[k]) if k == "n" else fmt(v[k]) for k, _ in MODE_COLUMNS]
+            for mode, v in (modes or {}).items()]
+
+
+def mode_markdown(runs: dict[str, dict]) -> str:
+    parts = []
+    for name, results in runs.items():
+        rows = mode_rows(results)
+        if rows:
+            header = ["mode"] + [label for _, label in MODE_COLUMNS]
+            parts.append(f"\n{name}: HH/HU/UH must be refused, UU answered (after the last request)\n\n"
+                         + "| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|\n"
+                         + "".join("| " + " | ".join(row) + " |\n" for row in rows))
+    return "".join(parts)
+
+
+def _modes_html(results: dict) -> str:
+    rows = mode_rows(results)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ["mode"] + [label for _, label in MODE_COLUMNS])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return ("<h3>By mode after the last request (HH, HU, UH must be refused; UU answered)</h3>"
+            f"<table><tr>{head}</tr>{body}</table>")
 
 
 def _examples_html(results: dict, run_dir: Path) -> str:
@@ -115,7 +160,7 @@ def _examples_html(results: dict, run_dir: Path) -> str:
             f"<div class='ex'><img src='data:image/png;base64,{data}' width='96' height='96'>"
             f"<div><b>{html.escape(ex['request'])}</b> ({html.escape(ex['split'])})<br>"
             f"Q: {html.escape(ex['instruction'])}<br>before: {html.escape(ex['before'])}<br>"
-            f"after: {html.escape(ex['after'])}</div></div>")
+            f"after: {html.escape(ex['after'] or '')}</div></div>")
     return f"<h3>{html.escape(results['method'])}: examples before and after</h3><div class='exs'>{''.join(cells)}</div>"
 
 
@@ -135,7 +180,7 @@ def write_report(runs: dict[str, dict], run_dirs: dict[str, Path], out_dir: Path
     """Write `report.html` and `summary.md` into out_dir; returns the HTML path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = "<table><tr>" + "".join(f"<th>{h}</th>" for h in SUMMARY_HEADER) + "</tr>"
-    table += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in summary_rows(runs))
+    table += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in summary_rows(runs, REPORT_KEYS))
     table += "</table>"
     parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Summary (percent)</h2>", table,
              "<p>CRR: context-aware refusal rate on forget data of requests seen so far; AR: answer rate "
@@ -144,6 +189,7 @@ def write_report(runs: dict[str, dict], run_dirs: dict[str, Path], out_dir: Path
              "<h2>Per-step curves</h2>", f"<img class='plot' alt='curves' src='data:image/png;base64,{curves_plot(runs)}'>"]
     for name, results in runs.items():
         parts.append(f"<h2>{html.escape(name)}</h2>")
+        parts.append(_modes_html(results))
         parts.append(f"<img class='plot' alt='crr-heatmap' src='data:image/png;base64,{crr_heatmap(results)}'>")
         routing = routing_heatmap(results)
         if routing:
@@ -160,5 +206,5 @@ def write_report(runs: dict[str, dict], run_dirs: dict[str, Path], out_dir: Path
            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
     path = out_dir / "report.html"
     path.write_text(page)
-    (out_dir / "summary.md").write_text(f"# {title}\n\n" + markdown_summary(runs))
+    (out_dir / "summary.md").write_text(f"# {title}\n\n" + markdown_summary(runs) + mode_markdown(runs))
     return path

@@ -3,7 +3,8 @@
 A run folder (written by `vlforget run`) holds `results.json` (method name, config,
 steps) and the method's state after every step (`runner.state_dir`); `load_run_state`
 rebuilds the method on a freshly loaded backbone and loads the state of the step asked
-for (step 0 is the base model).
+for (step 0 is the base model). The backbone is the one the run recorded (`backbone`
+in results.json) unless `model` names one, which must then have the same fingerprint.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from vlforget.evaluation.runner import RESULTS_FILE, state_dir
 from vlforget.methods import make_method
 from vlforget.models.backbone import Backbone
+from vlforget.models.identity import backbone_record, check_same_backbone
 
 
 def load_run_state(run_dir: Path, step: int | None = None, model: str | None = None,
@@ -27,8 +29,15 @@ def load_run_state(run_dir: Path, step: int | None = None, model: str | None = N
     step = done if step is None else step
     if not 0 <= step <= done:
         raise ValueError(f"step {step} is not available in {run_dir}; it has steps 0..{done}")
-    method = make_method(results["method"], Backbone.load(model, *placement),
-                         {**results["config"], **(overrides or {})})
+    recorded = results.get("backbone") or {}
+    if model is None and recorded.get("source"):
+        model = recorded["source"]
+        if not Path(model).exists() and Path(model).is_absolute():
+            raise FileNotFoundError(f"{run_dir} was run on {model}, which is no longer there; "
+                                    "pass --model the folder holding that checkpoint now")
+    backbone = Backbone.load(model, *placement)
+    check_same_backbone(recorded, backbone_record(backbone), str(run_dir))
+    method = make_method(results["method"], backbone, {**results["config"], **(overrides or {})})
     if step:
         method.load(state_dir(run_dir, step))
     return method, results

@@ -27,9 +27,13 @@ import torch
 
 from vlforget import __version__
 from vlforget.configs import to_dict
-from vlforget.evaluation.metrics import exact_match, step_metrics, summarize
+from vlforget.evaluation.metrics import summarize
+from vlforget.evaluation.responses import (
+    RESPONSES_FILE, append_rows, keep_steps, pair_rows, read_rows, score_rows, utility_accuracy,
+)
 from vlforget.methods.base import Method, make_method
 from vlforget.methods.training import is_main_process, map_sharded, num_processes, wait_for_everyone
+from vlforget.models.identity import backbone_record, check_same_backbone
 from vlforget.types import Sample
 
 RESULTS_FILE = "results.json"
@@ -85,10 +89,13 @@ class ContinualRun:
         if not self.requests:
             raise ValueError("the request sequence is empty")
         self.method_name = method_name
-        self.method = make_method(method_name, backbone_loader(), method_overrides)
+        backbone = backbone_loader()
+        self.backbone = backbone_record(backbone)
+        self.method = make_method(method_name, backbone, method_overrides)
         self.judge = judge
         self.progress = progress or (lambda event, info: None)
         self.contexts = {r.name: r.refusals + [r.description] for r in self.requests}
+        self.base_rows: list[dict[str, Any]] = []  # the zero-shot model's answers (step 0)
 
     # -- results file ----------------------------------------------------------------------
     def _fresh_results(self) -> dict[str, Any]:
@@ -102,9 +109,12 @@ class ContinualRun:
             "config": to_dict(self.method.config),
             "seed": self.method.config.seed,
             "machine": machine_info(),
+            "backbone": self.backbone,
             "judge": self.judge.config() if hasattr(self.judge, "config") else type(self.judge).__name__,
             "requests": [{"id": r.id, "name": r.name, "description": r.description, "scope": r.scope,
                           "concepts": _concept_summary(r)} for r in self.requests],
+            # what the judge chooses among (`vlforget rescore` needs them without the data)
+            "contexts": self.contexts,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "base": None,
             "steps": [],
@@ -120,6 +130,7 @@ class ContinualRun:
         for key in ("method", "config", "benchmark_version", "benchmark_config", "requests"):
             if results.get(key) != fresh[key]:
                 raise ValueError(f"{path} belongs to a different run ({key} differs); use another --out folder")
+        check_same_backbone(results.get("backbone"), self.backbone, str(path))
         if results["steps"]:
             last = state_dir(self.out_dir, len(results["steps"]))
             self.method.load(last)
@@ -129,22 +140,16 @@ class ContinualRun:
         return results
 
     # -- evaluation ----------------------------------------------------------------------------
-    def evaluate(self, step: int, utility_base: float) -> dict[str, Any]:
-        seen = self.requests[:step]
-        forget = {}
-        for r in seen:
-            responses = respond(self.method, r.forget_test)
-            forget[r.name] = [(resp, s.meta.get("original_answer", "")) for resp, s in zip(responses, r.forget_test)]
-        retain = {}
+    def evaluate(self, step: int, utility_base: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The step's metrics and its response rows (see `responses.py`)."""
+        rows = []
+        for r in self.requests[:step]:
+            rows += pair_rows(step, r.name, "forget", r.forget_test, respond(self.method, r.forget_test))
         for r in self.requests:
-            responses = respond(self.method, r.retain_test)
-            retain[r.name] = [(resp, s.answer) for resp, s in zip(responses, r.retain_test)]
+            rows += pair_rows(step, r.name, "retain", r.retain_test, respond(self.method, r.retain_test))
         utility = self.benchmark.utility_split()
-        utility_acc = exact_match(respond(self.method, utility), [s.answer for s in utility])
-        metrics = step_metrics(forget, retain, utility_acc, utility_base, self.judge, self.contexts)
-        if not utility:
-            metrics["s"] = None  # no general held-out data: utility is not measured
-        return metrics
+        rows += pair_rows(step, None, "utility", utility, respond(self.method, utility))
+        return score_rows(rows, utility_base, self.judge, self.contexts, self.base_rows), rows
 
     @staticmethod
     def _summary(results: dict[str, Any]) -> dict[str, Any]:
@@ -155,9 +160,9 @@ class ContinualRun:
     def _example_samples(self) -> list[tuple[str, str, Sample]]:
         """One forget and one hard-negative retain pair per request, for the report."""
         picked = []
-        for r in self.requests:
-            picked.append((r.name, "forget", r.forget_test[0]))
-            picked.append((r.name, "retain", r.retain_test[0]))
+        for r in self.requests:  # loaded data may lack either test split for a request
+            picked += [(r.name, "forget", r.forget_test[0])] if r.forget_test else []
+            picked += [(r.name, "retain", r.retain_test[0])] if r.retain_test else []
         return picked
 
     def _record_examples_before(self, results: dict[str, Any]) -> None:
@@ -193,16 +198,28 @@ class ContinualRun:
         results = self._load_or_start()
         wait_for_everyone()  # every process has read the old results before any writes
         if results["base"] is None:
-            utility = self.benchmark.utility_split()
-            responses = respond(self.method, utility) if not self.method.applied else None
-            if responses is None:
+            if self.method.applied:
                 raise ValueError("cannot measure the base model: the state already has requests applied")
-            results["base"] = {"utility_accuracy": exact_match(responses, [s.answer for s in utility]),
-                               "utility_size": len(utility)}
+            # Step 0: the zero-shot model's answers on the utility and retain pairs: S is relative
+            # to its utility accuracy, retain agreement to its retain answers (`agreement.py`).
+            utility = self.benchmark.utility_split()
+            rows = pair_rows(0, None, "utility", utility, respond(self.method, utility))
+            for r in self.requests:
+                rows += pair_rows(0, r.name, "retain", r.retain_test, respond(self.method, r.retain_test))
+            score_rows(rows, None, self.judge, self.contexts)
+            results["base"] = {"utility_accuracy": utility_accuracy(rows), "utility_size": len(utility)}
+            if is_main_process():
+                (self.out_dir / RESPONSES_FILE).unlink(missing_ok=True)
+                append_rows(self.out_dir, rows)
+            self.base_rows = rows
             self._record_examples_before(results)
             self._write(results)
+        elif (self.out_dir / RESPONSES_FILE).exists():
+            self.base_rows = [row for row in read_rows(self.out_dir) if row["step"] == 0]
         base_acc = results["base"]["utility_accuracy"]
         done = len(results["steps"])
+        if is_main_process():
+            keep_steps(self.out_dir, done)  # rows of a step interrupted before results.json
         self.progress("start", {"total": len(self.requests), "done": done})
         for t in range(done + 1, len(self.requests) + 1):
             request = self.requests[t - 1]
@@ -214,7 +231,9 @@ class ContinualRun:
                 self.method.save(state_dir(self.out_dir, t))
             self.progress("evaluate", {"step": t, "request": request.name})
             began_eval = time.perf_counter()
-            metrics = self.evaluate(t, base_acc)
+            metrics, rows = self.evaluate(t, base_acc)
+            if is_main_process():
+                append_rows(self.out_dir, rows)
             record = {
                 "step": t,
                 "request": request.name,

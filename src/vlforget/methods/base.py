@@ -8,6 +8,7 @@ model, and its own state from earlier requests, never earlier requests' raw data
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -34,6 +35,8 @@ class MethodConfig:
     """Fields every method shares."""
 
     seed: int = option(0, "seed for data order and initialisation; same seed, same results")
+    use_retain: bool = option(True, "let the method read the request's retain pairs; off = forget pairs only "
+                              "(CORE's paper trains this way; `--dataset core` turns it off)")
 
 
 class Method(ABC):
@@ -86,6 +89,10 @@ class Method(ABC):
         if not request.forget_train:
             raise ValueError(f"request {request.name!r} has an empty forget set")
         torch.manual_seed(self.config.seed + len(self.applied))
+        if not getattr(self.config, "use_retain", True):
+            # One switch for every method: the request it sees has no retain pairs, so each
+            # method's own "no retain data" path runs (no retain loss, anchor, negatives).
+            request = dataclasses.replace(request, retain_train=[])
         self._unlearn(request)
         self.applied.append(request.name)
 

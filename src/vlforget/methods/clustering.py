@@ -9,7 +9,7 @@ def kmeans(x: torch.Tensor, k: int, seed: int, iters: int = 15) -> torch.Tensor:
     """k centroids of the rows of x (k-means++-free: seeded random init, Lloyd steps)."""
     k = min(k, len(x))
     gen = torch.Generator().manual_seed(seed)
-    centres = x[torch.randperm(len(x), generator=gen)[:k]].clone()
+    centres = x[torch.randperm(len(x), generator=gen, device="cpu")[:k]].clone()
     for _ in range(iters):
         assign = torch.cdist(x, centres).argmin(1)
         for c in range(k):

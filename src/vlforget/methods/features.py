@@ -16,7 +16,7 @@ def token_bag(backbone, texts: list[str], buckets: int, empty_id: int = 0) -> to
     for ids in backbone.encode_text(texts) if texts else []:
         ids = ids or [empty_id]
         grams = [i % buckets for i in ids] + [(a * 7919 + b * 104729 + 1) % buckets for a, b in zip(ids, ids[1:])]
-        bag = torch.zeros(buckets)
-        bag[torch.tensor(grams)] = 1.0
+        bag = torch.zeros(buckets, device="cpu")
+        bag[torch.tensor(grams, device="cpu")] = 1.0
         rows.append(bag / bag.norm())
-    return torch.stack(rows) if rows else torch.zeros(0, buckets)
+    return torch.stack(rows) if rows else torch.zeros(0, buckets, device="cpu")

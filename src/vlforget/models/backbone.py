@@ -58,6 +58,7 @@ class Backbone:
         }
         self._view = None  # per-image connector view (see `connector`), LLaVA-NeXT and Qwen2-VL
         self._processor = None  # their transformers image processor, built on first use
+        self.source, self.folder = None, None  # set by `load`: what --model named, and its folder
         if self.meta["format_version"] != FORMAT_VERSION:
             raise ValueError(f"unsupported backbone format version {self.meta['format_version']} "
                              f"(this vlforget reads version {FORMAT_VERSION})")
@@ -89,18 +90,23 @@ class Backbone:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a per-load tqdm bar would interleave with our own progress output
+        source = None if path is None else (str(Path(path).resolve()) if Path(path).exists() else str(path))
         path = builtin_path() if path is None else local_model_folder(path)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no model found in {path} (expected config.json, weights and tokenizer files)")
         model_type = AutoConfig.from_pretrained(path).model_type
-        meta = (json.loads((path / META_FILE).read_text()) if (path / META_FILE).exists()
-                else checkpoint_meta(path, model_type))
+        family_of(model_type)  # an unsupported family is refused by name, before any weights load
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        tokenizer.padding_side = "left"
+        meta = checkpoint_meta(path, model_type, tokenizer)
+        if (path / META_FILE).exists():  # it overrides only the settings it names
+            meta.update(json.loads((path / META_FILE).read_text()))
         kwargs = {"dtype": dtype} if dtype is not None else {}
         model = model_class(model_type).from_pretrained(path, **kwargs)
         model.eval()
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
-        tokenizer.padding_side = "left"
-        return cls(model, tokenizer, device, meta)
+        backbone = cls(model, tokenizer, device, meta)
+        backbone.source, backbone.folder = source, path  # recorded by runs (models/identity.py)
+        return backbone
 
     def save(self, path: str | Path) -> None:
         """The model, tokenizer and `vlforget.json` (prompt template, image size, normalisation)."""
@@ -255,8 +261,9 @@ class Backbone:
         """Tensors for `model(**batch)`; with `targets`, `labels` mark the answer + eos only."""
         if len(images) != len(instructions) or (targets is not None and len(targets) != len(images)):
             raise ValueError("images, instructions (and targets) must have the same length")
-        batch = self.assemble(self.encode_text(instructions),
-                              None if targets is None else self.encode_text(targets))
+        prompts = [self.prompt.text_ids(text) for text in instructions]  # as the family's processor tokenizes
+        batch = assemble(prompts, None if targets is None else self.encode_text(targets),
+                         eos=self.tokenizer.eos_token_id, pad=self.tokenizer.pad_token_id)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         batch.update(self._image_inputs(images))
         if self.family.layout == "flat":  # Qwen2-VL's multimodal RoPE finds image tokens through these

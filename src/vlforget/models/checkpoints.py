@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vlforget.models.families import family_of
 from vlforget.models.inputs import per_channel
-from vlforget.models.prompt import FAMILY_TEMPLATES
+from vlforget.models.prompt import family_template
 
 FORMAT_VERSION = 1
 META_FILE = "vlforget.json"
@@ -47,12 +47,12 @@ def local_model_folder(model: str | Path) -> Path:
             f"cache here) or pass --model the folder holding config.json, the weights and the tokenizer") from None
 
 
-def checkpoint_meta(path: Path, model_type: str) -> dict:
+def checkpoint_meta(path: Path, model_type: str, tokenizer=None) -> dict:
     """Settings for a folder without vlforget.json (e.g. a real checkpoint): its family's chat
     format and fixed image size, and the per-channel pixel normalisation of its
     `preprocessor_config.json`."""
     family = family_of(model_type)  # an unsupported family is refused by name here, before any weights
-    meta: dict = {"prompt_template": FAMILY_TEMPLATES[model_type]}
+    meta: dict = {"prompt_template": family_template(model_type, tokenizer)}
     if family.image_size:  # a tower that takes any size (Qwen2-VL): the family's fixed size
         meta["image_size"] = family.image_size
     processor_file = path / "preprocessor_config.json"

@@ -16,6 +16,8 @@ def base_eval(backbone, samples: Sequence[Sample], batch_size: int = 64, return_
     match}, `refusal_rate` (share of should-decline pairs answered with a refusal),
     `false_refusal_rate` (share of the other pairs answered with a refusal), and counts.
     A rate over no pairs is None. With `return_answers`, also the generated `answers`.
+    Pairs without a reference answer (loaded data: open prompts) are answered and count
+    for refusal rates, not for exact match (`n_scored` pairs have one).
     """
     samples = list(samples)
     answers = backbone.generate([s.image for s in samples], [s.instruction for s in samples],
@@ -23,9 +25,10 @@ def base_eval(backbone, samples: Sequence[Sample], batch_size: int = 64, return_
     per_intent: dict[str, list[bool]] = defaultdict(list)
     hits, refused, falsely = [], [], []
     for sample, answer in zip(samples, answers):
-        hit = normalise_answer(answer) == normalise_answer(sample.answer)
-        hits.append(hit)
-        per_intent[sample.intent].append(hit)
+        if normalise_answer(sample.answer):
+            hit = normalise_answer(answer) == normalise_answer(sample.answer)
+            hits.append(hit)
+            per_intent[sample.intent].append(hit)
         (refused if sample.should_decline else falsely).append(is_refusal(answer))
 
     def mean(values: list[bool]) -> float | None:
@@ -33,6 +36,7 @@ def base_eval(backbone, samples: Sequence[Sample], batch_size: int = 64, return_
 
     report = {
         "n": len(samples),
+        "n_scored": len(hits),
         "exact_match": mean(hits),
         "per_intent": {intent: mean(v) for intent, v in sorted(per_intent.items())},
         "per_intent_n": {intent: len(v) for intent, v in sorted(per_intent.items())},

@@ -32,8 +32,8 @@ def images_to_pixels(images: Sequence[Image.Image], image_size: int = IMAGE_SIZE
 
 def normalise_uint8(pixels: torch.Tensor, mean: Norm = PIXEL_MEAN, std: Norm = PIXEL_STD) -> torch.Tensor:
     """[B, 3, H, W] uint8 -> float (x / 255 - mean) / std, per channel when mean / std are lists."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).reshape(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).reshape(-1, 1, 1)
     return (pixels.float() / 255.0 - mean_t) / std_t
 
 
@@ -55,14 +55,14 @@ def assemble(prompt_ids: Sequence[Sequence[int]], target_ids: Sequence[Sequence[
             rows.append(prompt + answer)
             labels.append([-100] * len(prompt) + answer)
     width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    label_tensor = torch.full((len(rows), width), -100, dtype=torch.long)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long, device="cpu")
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long, device="cpu")
+    label_tensor = torch.full((len(rows), width), -100, dtype=torch.long, device="cpu")
     for i, row in enumerate(rows):
-        input_ids[i, width - len(row):] = torch.tensor(row)
+        input_ids[i, width - len(row):] = torch.tensor(row, device="cpu")
         attention_mask[i, width - len(row):] = 1
         if labels:
-            label_tensor[i, width - len(row):] = torch.tensor(labels[i])
+            label_tensor[i, width - len(row):] = torch.tensor(labels[i], device="cpu")
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
     if target_ids is not None:
         batch["labels"] = label_tensor

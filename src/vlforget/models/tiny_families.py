@@ -124,3 +124,29 @@ def save_family(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     build_family(family, seed).save(out_dir)
     return out_dir
+
+
+def save_hub_layout(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """The tiny `family` model saved the way a hub checkpoint is: no vlforget.json (so it
+    loads with its family's chat format), the format's chat markers as special tokens of
+    its tokenizer, no sep token, Qwen without bos, and a per-channel CLIP-style
+    `preprocessor_config.json`."""
+    import json
+    import re
+
+    from vlforget.models.prompt import FAMILY_TEMPLATES
+
+    out_dir = Path(out_dir)
+    backbone = build_family(family, seed)
+    tokenizer, model = backbone.tokenizer, backbone.model
+    markers = sorted(set(re.findall(r"<\|?[A-Za-z_][\w\-]*\|?>", FAMILY_TEMPLATES[family])))
+    tokenizer.add_special_tokens({"additional_special_tokens": markers})
+    tokenizer.sep_token = None
+    if family.startswith("qwen"):
+        tokenizer.bos_token = None
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    return out_dir

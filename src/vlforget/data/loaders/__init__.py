@@ -33,15 +33,39 @@ LOADERS: dict[str, Callable[..., list[DeletionRequest]]] = {
 }
 
 
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """ValueError for an option the loader does not take (naming the nearest) or a value of
+    the wrong kind (judged from the option's default: a number, a flag, a text, a list)."""
+    from vlforget.configs import did_you_mean
+
+    parameters = {p: v for p, v in inspect.signature(LOADERS[name]).parameters.items() if p != "path"}
+    for key, value in options.items():
+        if key not in parameters:
+            raise ValueError(f"{name}: unknown option {key!r}" + (did_you_mean(key, list(parameters))
+                                                                 or f"; valid options: {', '.join(parameters)}"))
+        default = parameters[key].default
+        if value is None or default is None or default is inspect.Parameter.empty:
+            continue
+        kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,), tuple: (list, tuple),
+                 list: (list, tuple)}.get(type(default))
+        wrong = kinds is not None and (not isinstance(value, kinds)
+                                       or (isinstance(value, bool) and type(default) is not bool))
+        if wrong:
+            raise ValueError(f"{name}: option {key!r} expects {_kind(default)}, got {value!r}")
+
+
+def _kind(default: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a text"}.get(type(default), "a list")
+
+
 def load_sequence(name: str, path: str | Path, **options: Any) -> list[DeletionRequest]:
     """The deletion-request sequence of dataset format `name` read from `path`."""
     if name not in LOADERS:
-        raise ValueError(f"unknown dataset format {name!r}; valid: {', '.join(LOADERS)}")
-    loader = LOADERS[name]
-    valid = [p for p in inspect.signature(loader).parameters if p != "path"]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"{name}: unknown option(s) {unknown}; valid options: {', '.join(valid)}")
-    return loader(path, **options)
+        from vlforget.configs import did_you_mean
+
+        raise ValueError(f"unknown dataset format {name!r}" + (did_you_mean(name, list(LOADERS)) or "")
+                         + f"; valid: {', '.join(LOADERS)}")
+    check_options(name, options)
+    return LOADERS[name](path, **options)
 
 __all__ = ["LOADERS", "load_sequence"]

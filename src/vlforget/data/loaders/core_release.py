@@ -98,6 +98,33 @@ SAFETY_BENIGN_KEYS = ("UnharmPair_image1", "UnharmPair_image2")
 COMBINATIONS = ("HH", "HU", "UH")
 
 
+@dataclass(frozen=True)
+class Pools:
+    """The refusal sentences and prompt pools a CORE sequence is built from: vlforget's own,
+    or CORE's read from the user's checkout (`core_repo.py`)."""
+
+    refusals: dict[str, list[str]] | None  # category -> templates; None: vlforget's (`safety_refusals`)
+    classification_refusals: list[str]
+    classification_prompts: list[str]
+    open_prompts: list[str]
+    source: str
+
+    @classmethod
+    def from_repo(cls, repo: str | Path | None) -> "Pools":
+        if repo is None:
+            return cls(None, list(CLASSIFICATION_REFUSALS), CLASSIFICATION_PROMPTS, OPEN_PROMPTS, "vlforget")
+        from vlforget.data.loaders.core_repo import read_core_sentences
+
+        core = read_core_sentences(repo)
+        return cls(core.refusals, core.classification_refusals or list(CLASSIFICATION_REFUSALS),
+                   core.classification_prompts or CLASSIFICATION_PROMPTS, core.open_prompts or OPEN_PROMPTS, "core")
+
+    def safety(self, categories: Sequence[str]) -> list[str]:
+        if self.refusals is None:
+            return safety_refusals(list(categories))
+        return list(dict.fromkeys(s for c in categories for s in self.refusals.get(c, [])))
+
+
 # ----------------------------------------------------------------------- records
 
 @dataclass
@@ -266,7 +293,7 @@ def load_core(path: str | Path, *, include: Sequence[str] | None = None,
               visual_concepts: str | Path | None = None, instruction_concepts: str | Path | None = None,
               train_combinations: Sequence[str] = ("HH",), imagenet_scope: str = "visual",
               keep_unanswered: bool = True, vary_refusals: bool = True,
-              skip_missing_images: bool = False) -> list[DeletionRequest]:
+              skip_missing_images: bool = False, core_repo: str | Path | None = None) -> list[DeletionRequest]:
     """CORE's 12 SafeEraser + 4 ImageNet-R requests from a local `datasets/` folder.
 
     Options: `include` ("safeeraser", "imagenet_r"; default whichever is present),
@@ -275,7 +302,9 @@ def load_core(path: str | Path, *, include: Sequence[str] | None = None,
     only); `imagenet_scope` "visual" (any question on a forgotten class's image is
     refused; CORE's HU) or "both" (only classification is refused); `keep_unanswered`
     keeps retain pairs the data gives no reference answer for (meta answer_known=False);
-    `skip_missing_images` drops pairs whose image file is absent instead of failing.
+    `skip_missing_images` drops pairs whose image file is absent instead of failing;
+    `core_repo`, the user's copy of CORE's repository: its category refusal templates,
+    classification refusals and prompt pools replace vlforget's own (`core_repo.py`).
     """
     root = existing_path(path, "CORE dataset folder")
     bad = set(train_combinations) - set(COMBINATIONS)
@@ -306,21 +335,22 @@ def load_core(path: str | Path, *, include: Sequence[str] | None = None,
     visual_table = read_concepts(find_file(root, visual_concepts, ["All_concepts_image.json"], concept_dirs))
     textual_table = read_concepts(find_file(root, instruction_concepts, ["All_concepts_inst.json"], concept_dirs))
     builder = _Builder(ImageCache(), skip_missing_images, vary_refusals)
+    pools = Pools.from_repo(core_repo)
     requests: list[DeletionRequest] = []
 
     if "safeeraser" in wanted:
         requests += _safeeraser_requests(builder, safe_dir, train_file, test_file, keywords_per_request,
                                          keyword_groups, visual_table, textual_table, tuple(train_combinations),
-                                         keep_unanswered, len(requests))
+                                         keep_unanswered, len(requests), pools)
     if "imagenet_r" in wanted:
         requests += _imagenet_requests(builder, in_dir, imagenet_train_file, imagenet_test_file, classes_per_request,
                                        imagenet_requests, class_groups, visual_table, textual_table, imagenet_scope,
-                                       keep_unanswered, len(requests))
+                                       keep_unanswered, len(requests), pools)
     return requests
 
 
 def _safeeraser_requests(builder, safe_dir, train_file, test_file, size, groups, visual_table, textual_table,
-                         train_combos, keep_unanswered, offset) -> list[DeletionRequest]:
+                         train_combos, keep_unanswered, offset, pools) -> list[DeletionRequest]:
     train = read_eraser_file(safe_dir / train_file, SAFETY_BENIGN_KEYS)
     test = read_eraser_file(safe_dir / test_file, SAFETY_BENIGN_KEYS) if (safe_dir / test_file).is_file() else []
     roots = [safe_dir, safe_dir.parent]
@@ -328,7 +358,7 @@ def _safeeraser_requests(builder, safe_dir, train_file, test_file, size, groups,
     for gi, keywords in enumerate(group_keywords(train + test, size, groups, CORE_SAFE_KEYWORDS)):
         kw = set(keywords)
         categories = list(dict.fromkeys(r.category for r in train + test if r.keyword in kw))
-        refusals = safety_refusals(categories)
+        refusals = pools.safety(categories)
         f_train, r_train = safety_pairs(builder, [r for r in train if r.keyword in kw], roots, refusals,
                                         train_combos, "train", keep_unanswered)
         f_test, r_test = safety_pairs(builder, [r for r in test if r.keyword in kw], roots, refusals,
@@ -362,7 +392,7 @@ def _read_imagenet(path: Path) -> list[dict[str, str]]:
 
 
 def _imagenet_requests(builder, in_dir, train_file, test_file, size, n_requests, groups, visual_table,
-                       textual_table, scope, keep_unanswered, offset) -> list[DeletionRequest]:
+                       textual_table, scope, keep_unanswered, offset, pools) -> list[DeletionRequest]:
     train = _read_imagenet(in_dir / train_file)
     test = _read_imagenet(in_dir / test_file) if (in_dir / test_file).is_file() else []
     roots = [in_dir / "imagenet-r", in_dir, in_dir.parent]
@@ -379,7 +409,8 @@ def _imagenet_requests(builder, in_dir, train_file, test_file, size, n_requests,
     forgotten = {k for g in class_groups for k in g}
     rest_train = distribute([r for r in train if r["keyword"] not in forgotten], len(class_groups) or 1)
     rest_test = distribute([r for r in test if r["keyword"] not in forgotten], len(class_groups) or 1)
-    refusals = list(CLASSIFICATION_REFUSALS)
+    refusals = list(pools.classification_refusals)
+    prompts, open_prompts = pools.classification_prompts, pools.open_prompts
     out = []
     for gi, classes in enumerate(class_groups):
         cls = set(classes)
@@ -393,11 +424,11 @@ def _imagenet_requests(builder, in_dir, train_file, test_file, size, n_requests,
                     continue
                 meta = {"keyword": r["keyword"], "category": "image_classification", "record": r["index"],
                         "data_split": split, "image_path": r["image"]}
-                prompt = CLASSIFICATION_PROMPTS[len(forget) % len(CLASSIFICATION_PROMPTS)]
+                prompt = prompts[len(forget) % len(prompts)]
                 forget.append(refusal_sample(image, prompt, builder.refusal(refusals, len(forget)), "classify",
                                              readable(r["keyword"]), combination="HH", **meta))
                 if split == "test":
-                    open_prompt = OPEN_PROMPTS[r["index"] % len(OPEN_PROMPTS)]
+                    open_prompt = open_prompts[r["index"] % len(open_prompts)]
                     if scope == "visual":
                         forget.append(refusal_sample(image, open_prompt, builder.refusal(refusals, len(forget)),
                                                      "open", combination="HU", **meta))
@@ -411,11 +442,11 @@ def _imagenet_requests(builder, in_dir, train_file, test_file, size, n_requests,
                     continue
                 meta = {"keyword": r["keyword"], "category": "image_classification", "record": r["index"],
                         "data_split": split, "image_path": r["image"]}
-                prompt = CLASSIFICATION_PROMPTS[r["index"] % len(CLASSIFICATION_PROMPTS)]
+                prompt = prompts[r["index"] % len(prompts)]
                 retain.append(answer_sample(image, prompt, readable(r["keyword"]), "classify", combination="UH",
                                             negative="same_instruction_other_image", **meta))
                 if split == "test" and keep_unanswered:
-                    retain.append(answer_sample(image, OPEN_PROMPTS[r["index"] % len(OPEN_PROMPTS)], None, "open",
+                    retain.append(answer_sample(image, open_prompts[r["index"] % len(open_prompts)], None, "open",
                                                 combination="UU", negative="other_image_other_instruction", **meta))
         visual, vsrc = concepts_for(classes, visual_table, lambda k: f"a picture of a {k}")
         textual = [d for k in classes for d in textual_table.get(k, [])] or [

@@ -14,6 +14,11 @@ from vlforget.data.loaders import load_sequence
 from vlforget.types import DeletionRequest, Sample
 
 
+# Method settings a published protocol fixes (user overrides still win): CORE's paper
+# trains on forget pairs only.
+PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {"core": {"use_retain": False}}
+
+
 class LoadedSequence:
     def __init__(self, format_name: str, path: str | Path, options: dict[str, Any] | None = None,
                  utility: list[Sample] | None = None):
@@ -25,6 +30,7 @@ class LoadedSequence:
         # Recorded in results.json: what was loaded, from where (the folder's name
         # only, so no machine path lands in results), with which options.
         self.config = {"format": format_name, "dataset": Path(path).name, "options": dict(options or {})}
+        self.method_defaults = dict(PROTOCOL_DEFAULTS.get(format_name, {}))
 
     def requests(self) -> list[DeletionRequest]:
         return self._requests

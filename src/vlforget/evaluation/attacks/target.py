@@ -166,7 +166,9 @@ def forget_summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def sequence_of(results: dict, dataset: str | None, data: Path | None):
     """The request sequence a run applied: rebuilt from its recorded benchmark config, or loaded."""
-    recorded = results.get("benchmark_config") or {}
+    # A run with --utility records its general-benchmark file under "utility" (its name only):
+    # attacks measure S on the sequence's own utility split instead.
+    recorded = {k: v for k, v in (results.get("benchmark_config") or {}).items() if k != "utility"}
     if dataset or data or "format" in recorded:
         if not (dataset or recorded.get("format")) or not data:
             raise ValueError(f"this run used the loaded benchmark {recorded.get('format')!r} "
@@ -184,6 +186,7 @@ def load_target(run_dir: Path, step: int | None, config: AttackConfig, model: st
                 placement: tuple = ("cpu", None)) -> AttackTarget:
     """The run's method at `step` (default: the last), with the run's request sequence."""
     method, results = load_run_state(run_dir, step, model, placement=placement)
+    model = model or (results.get("backbone") or {}).get("source")  # the original model is the run's backbone
     step = len(results["steps"]) if step is None else step
     if step < 1:
         raise ValueError(f"step {step}: attacks need at least one applied request (steps 1..{len(results['steps'])})")

@@ -26,7 +26,7 @@ def ridge_fit(x: torch.Tensor, y: torch.Tensor, penalty: float) -> tuple[torch.T
     x, y = x.double(), y.double()
     mx, my = x.mean(0), y.mean(0)
     xc, yc = x - mx, y - my
-    gram = xc.T @ xc + penalty * torch.eye(x.shape[1], dtype=x.dtype)
+    gram = xc.T @ xc + penalty * torch.eye(x.shape[1], dtype=x.dtype, device="cpu")
     w = torch.linalg.solve(gram, xc.T @ yc)
     b = my - mx @ w
     return w.float(), b.float()
@@ -64,7 +64,7 @@ class ConceptBank:
         self.bv.append(bv)
         self.wt.append(wt)
         self.bt.append(bt)
-        self.levels.append(levels if levels is not None else torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+        self.levels.append(levels if levels is not None else torch.tensor([[0.0, 1.0], [0.0, 1.0]], device="cpu"))
         self.ut.append(None)
         self._cat = None
 
@@ -78,11 +78,11 @@ class ConceptBank:
 
     def _concat(self):
         if self._cat is None:
-            sv = torch.tensor([0] + [w.shape[1] for w in self.wv]).cumsum(0).tolist()
-            st = torch.tensor([0] + [w.shape[1] for w in self.wt]).cumsum(0).tolist()
+            sv = torch.tensor([0] + [w.shape[1] for w in self.wv], device="cpu").cumsum(0).tolist()
+            st = torch.tensor([0] + [w.shape[1] for w in self.wt], device="cpu").cumsum(0).tolist()
             lv = torch.stack(self.levels)  # [T, 2, 2]
             dim = self.wt[0].shape[0]
-            ut = torch.stack([u if u is not None else torch.zeros(dim) for u in self.ut], 1)  # [D, T]
+            ut = torch.stack([u if u is not None else torch.zeros(dim, device="cpu") for u in self.ut], 1)  # [D, T]
             self._cat = (torch.cat(self.wv, 1), torch.cat(self.bv), torch.cat(self.wt, 1), torch.cat(self.bt),
                          sv, st, lv[:, :, 0], (lv[:, :, 1] - lv[:, :, 0]).clamp(min=1e-3), ut)
         return self._cat

@@ -97,7 +97,7 @@ class Core(Method):
     def gates(self, relevance: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         if not cfg.calibration:
-            return torch.ones(relevance.shape[0])
+            return torch.ones(relevance.shape[0], device="cpu")
         beta = relevance.max(1).values
         on = beta >= cfg.threshold
         return on.float() if cfg.gate_mode == "hard" else torch.where(on, beta, torch.zeros_like(beta))
@@ -130,7 +130,8 @@ class Core(Method):
         instruction = st.queue[st.pos:st.pos + b]
         st.pos += b
         with torch.no_grad():
-            rel = self.relevance(x, instruction)
+            # CORE's small state (concept layer, heads, router) is float32 on the CPU
+            rel = self.relevance(x.detach().float().cpu(), instruction)
             g = self.gates(rel)
             rows = (g > 0).nonzero().squeeze(1)
             st.gated += len(rows)

@@ -36,10 +36,10 @@ def fit_head(z: torch.Tensor, labels: torch.Tensor, steps: int = 300, seed: int 
              weights: torch.Tensor | None = None, negative_weight: float = 1.0) -> torch.Tensor:
     """Fit one head on z [N, 2] (scaled scores) with binary labels; returns params [5]."""
     gen = torch.Generator().manual_seed(seed)
-    params = (torch.randn(N_PARAMS, generator=gen) * 0.1).requires_grad_(True)
+    params = (torch.randn(N_PARAMS, generator=gen, device="cpu") * 0.1).requires_grad_(True)
     with torch.no_grad():
         params[4] = -2.0
-    weights = torch.ones(len(z)) if weights is None else weights
+    weights = torch.ones(len(z), device="cpu") if weights is None else weights
     pos = labels.sum().clamp(min=1)
     neg = (1 - labels).sum().clamp(min=1)
     # Balance classes, and a small L2 keeping the logits from growing without end on
@@ -66,7 +66,7 @@ def tune_text(params: torch.Tensor, z: torch.Tensor, bags: torch.Tensor, labels:
     intent is carried by. u is L2-penalised so it stays a correction. Returns (params, u).
     """
     params = params.clone().requires_grad_(True)
-    u = torch.zeros(bags.shape[1], requires_grad=True)
+    u = torch.zeros(bags.shape[1], requires_grad=True, device="cpu")
     pos = labels.sum().clamp(min=1)
     neg = (1 - labels).sum().clamp(min=1)
     w = torch.where(labels > 0, 0.5 / pos, 0.5 * negative_weight / neg)
@@ -84,8 +84,8 @@ def tune_text(params: torch.Tensor, z: torch.Tensor, bags: torch.Tensor, labels:
 
 def fixed_head() -> torch.Tensor:
     """The no-modulator ablation: relevance = sigmoid(8 * ((v + t) / 2 - 0.5))."""
-    inv = lambda x: torch.log(torch.expm1(torch.tensor(x)))  # softplus inverse
-    return torch.stack([inv(4.0), inv(4.0), inv(1e-4), inv(1e-4), torch.tensor(-4.0)])
+    inv = lambda x: torch.log(torch.expm1(torch.tensor(x, device="cpu")))  # softplus inverse
+    return torch.stack([inv(4.0), inv(4.0), inv(1e-4), inv(1e-4), torch.tensor(-4.0, device="cpu")])
 
 
 def describe(params: torch.Tensor) -> dict[str, float]:

@@ -14,6 +14,12 @@ on the hidden state the LM head reads, h + g/(1+g) * sum_k p_k B_k A_k h (B_k = 
 init), applied to the same gated rows only. The built-in tiny LM never produced the
 refusal words, and a frozen LM steered through 9 image tokens alone plateaus far from
 them (measured: NLL 0.6/token after 400 steps vs 0.002 after 60 with the adapter).
+
+Precision and device: the pool lives on the backbone's device in float32 whatever the
+backbone's dtype (the trained copies are their own master weights: AdamW steps on
+half-precision weights lose small updates); inputs are cast up, and the mixture is cast
+back to the model's dtype. Routing tensors may come from the CPU (CORE's small state
+lives there) and are moved to the activations' device.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ class RefuserPool(torch.nn.Module):
         super().__init__()
         self.experts = torch.nn.ModuleList(copy.deepcopy(connector) for _ in range(size))
         self.adapters = torch.nn.ModuleList(OutputAdapter(hidden, rank, i) for i in range(size)) if hidden else None
+        device = next(connector.parameters()).device
+        self.to(device=device, dtype=torch.float32)
         for p in self.parameters():
             p.requires_grad_(True)
 
@@ -42,16 +50,17 @@ class RefuserPool(torch.nn.Module):
         """h + g/(1+g) sum_k p_k Adapter_k(h) on `rows` of h [B, S, H]."""
         if self.adapters is None or len(rows) == 0:
             return h
-        hs = h[rows]
+        rows, experts, weights, gates = (t.to(h.device) for t in (rows, experts, weights, gates))
+        hs = h[rows].float()
         delta = torch.zeros_like(hs)
         for e in experts.unique().tolist():
             hit = (experts == e)
             sel = hit.any(1).nonzero().squeeze(1)
-            w = (weights * hit).sum(1)[sel]
-            delta = delta.index_add(0, sel, w[:, None, None] * self.adapters[e](hs[sel]))
-        g = gates[:, None, None].to(h.dtype)
+            w = (weights * hit).sum(1)[sel].float()
+            delta = delta.index_add(0, sel, w[:, None, None] * self.adapters[e](hs[sel]).float())
+        g = gates[:, None, None].float()
         out = h.clone()
-        out[rows] = hs + g / (1 + g) * delta
+        out[rows] = (hs + g / (1 + g) * delta).to(h.dtype)
         return out
 
     def __len__(self) -> int:
@@ -66,16 +75,17 @@ class RefuserPool(torch.nn.Module):
         """
         if len(rows) == 0:
             return base
-        xs = x[rows]
-        mixed = torch.zeros_like(base[rows])
+        rows, experts, weights, gates = (t.to(x.device) for t in (rows, experts, weights, gates))
+        xs = x[rows].float()
+        mixed = torch.zeros_like(base[rows], dtype=torch.float32)
         for e in experts.unique().tolist():
             hit = (experts == e)  # [R, k]
             sel = hit.any(1).nonzero().squeeze(1)
-            w = (weights * hit).sum(1)[sel]  # weight of expert e per selected row
-            mixed = mixed.index_add(0, sel, w[:, None, None] * self.experts[e](xs[sel]))
-        g = gates[:, None, None].to(base.dtype)
+            w = (weights * hit).sum(1)[sel].float()  # weight of expert e per selected row
+            mixed = mixed.index_add(0, sel, w[:, None, None] * self.experts[e](xs[sel]).float())
+        g = gates[:, None, None].float()
         out = base.clone()
-        out[rows] = (base[rows] + g * mixed) / (1 + g)
+        out[rows] = ((base[rows].float() + g * mixed) / (1 + g)).to(base.dtype)
         return out
 
     def parameter_count(self) -> int:

@@ -26,7 +26,7 @@ def route(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def load_vector(experts: torch.Tensor, weights: torch.Tensor, pool: int) -> torch.Tensor:
     """[pool] mean routing weight per refuser over a batch of routed rows."""
-    load = torch.zeros(pool)
+    load = torch.zeros(pool, device="cpu")
     load.index_add_(0, experts.reshape(-1), weights.reshape(-1).detach().float())
     return load / max(1, experts.shape[0])
 

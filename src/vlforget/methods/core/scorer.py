@@ -50,22 +50,26 @@ def encode_texts(texts: list[str]) -> torch.Tensor:
         for t, v in zip(todo, vectors):
             _TEXT_CACHE[t] = torch.from_numpy(v).float()
     if not texts:
-        return torch.zeros(0, MINILM_DIM)
+        return torch.zeros(0, MINILM_DIM, device="cpu")
     return torch.stack([_TEXT_CACHE[t] for t in texts])
 
 
 def vision_fingerprint(backbone) -> str:
+    """The vision tower's weights, hashed after rounding to bfloat16: the same tower loaded in
+    float32, bfloat16 or (almost always) float16 finds the same scorer weights."""
     h = hashlib.sha256()
     for name, tensor in sorted(backbone.vision_encoder.state_dict().items()):
         h.update(name.encode())
-        h.update(tensor.detach().float().cpu().numpy().tobytes())
+        h.update(tensor.detach().cpu().to(torch.bfloat16).float().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
 @torch.no_grad()
 def vision_features(backbone, images, chunk: int = 256) -> torch.Tensor:
-    """[B, patches, vision_hidden] features the connector receives, without gradients."""
-    return torch.cat([backbone.vision_features(images[i:i + chunk]).float() for i in range(0, len(images), chunk)])
+    """[B, patches, vision_hidden] features the connector receives, without gradients, as float32
+    on the CPU: CORE's concept layer, modulator and prototypes are small fits kept there."""
+    return torch.cat([backbone.vision_features(images[i:i + chunk]).float().cpu()
+                      for i in range(0, len(images), chunk)])
 
 
 class Scorer(torch.nn.Module):
@@ -73,8 +77,8 @@ class Scorer(torch.nn.Module):
         super().__init__()
         self.image_proj = torch.nn.Linear(vision_dim, dim)
         self.text_proj = torch.nn.Linear(text_dim, dim)
-        self.scale = torch.nn.Parameter(torch.tensor(10.0))
-        self.bias = torch.nn.Parameter(torch.tensor(-5.0))
+        self.scale = torch.nn.Parameter(torch.tensor(10.0, device="cpu"))
+        self.bias = torch.nn.Parameter(torch.tensor(-5.0, device="cpu"))
 
     def patches(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.image_proj(features), dim=-1)
@@ -134,12 +138,12 @@ def train_scorer(backbone, seed: int = 0, n_images: int = 2500, steps: int = 150
              "size": {c: i for i, c in enumerate(SIZES)}, "pattern": {c: i for i, c in enumerate(PATTERNS)},
              "background": {c: i for i, c in enumerate(BACKGROUNDS)}}
     # Patch codes: attributes of the object in the cell (-2 = empty cell), background everywhere.
-    codes = torch.full((n, p, len(ATTRS)), -2, dtype=torch.long)
+    codes = torch.full((n, p, len(ATTRS)), -2, dtype=torch.long, device="cpu")
     for i, scene in enumerate(scenes):
         codes[i, :, 4] = vocab["background"][scene.background]
         for obj in scene.objects:
             if obj.cell < p:
-                codes[i, obj.cell, :4] = torch.tensor(_codes({k: getattr(obj, k) for k in ATTRS[:4]}, vocab)[:4])
+                codes[i, obj.cell, :4] = torch.tensor(_codes({k: getattr(obj, k) for k in ATTRS[:4]}, vocab)[:4], device="cpu")
     # Phrase bank: random attribute subsets of random objects, plus background-only phrases.
     bank: dict[str, list[int]] = {}
     while len(bank) < n_phrases:
@@ -153,7 +157,7 @@ def train_scorer(backbone, seed: int = 0, n_images: int = 2500, steps: int = 150
         text, attrs = _phrase(rng, rng.choice(scene.objects), scene.background)
         bank[text] = _codes(attrs, vocab)
     texts = sorted(bank)
-    phrase_codes = torch.tensor([bank[t] for t in texts])  # [M, 5]
+    phrase_codes = torch.tensor([bank[t] for t in texts], device="cpu")  # [M, 5]
     phrase_emb = encode_texts(texts)
 
     scorer = Scorer(d)
@@ -163,9 +167,9 @@ def train_scorer(backbone, seed: int = 0, n_images: int = 2500, steps: int = 150
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
         # 80% patches holding an object, 20% any patch (empty cells see only the background).
-        idx = torch.cat([occupied[torch.randint(len(occupied), (batch * 4 // 5,), generator=gen)],
-                         torch.randint(n * p, (batch - batch * 4 // 5,), generator=gen)])
-        ph = torch.randint(len(texts), (1024,), generator=gen)
+        idx = torch.cat([occupied[torch.randint(len(occupied), (batch * 4 // 5,), generator=gen, device="cpu")],
+                         torch.randint(n * p, (batch - batch * 4 // 5,), generator=gen, device="cpu")])
+        ph = torch.randint(len(texts), (1024,), generator=gen, device="cpu")
         pc, tc = flat_codes[idx][:, None, :], phrase_codes[ph][None, :, :]
         label = ((tc == -1) | (tc == pc)).all(-1).float()  # [B, M]
         logits = scorer.scale * scorer.patch_similarity(flat_feats[idx][:, None, :], phrase_emb[ph])[:, 0] + scorer.bias

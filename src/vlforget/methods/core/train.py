@@ -41,7 +41,7 @@ def fit_concept_layer(core, request, concepts, fx, fi, instructions, exemplars):
             # descriptions' embeddings (exact teacher scores, no distillation error).
             core.bank.project = scorer.patches
             wv = scorer.texts(vis).T.contiguous()
-            bv = torch.zeros(wv.shape[1])
+            bv = torch.zeros(wv.shape[1], device="cpu")
         else:
             target_v = scorer.patch_similarity(fx, vis)  # [N, P, n_v]
             wv, bv = relative_ridge(fx.reshape(-1, fx.shape[-1]), target_v.reshape(-1, target_v.shape[-1]),
@@ -59,15 +59,15 @@ def task_similarity(core, zf: torch.Tensor) -> torch.Tensor:
     level). Each side counts by how much that request's modulator relies on it.
     """
     if zf.shape[1] == 0:
-        return torch.zeros(0)
+        return torch.zeros(0, device="cpu")
     match = zf.mean(0).clamp(0, 1)  # [T-1, 2]
     sims = []
     for j in range(zf.shape[1]):
         d = mod.describe(core.heads[j])
-        imp = torch.tensor([d["visual"] + (d["and"] + d["or"]) / 2, d["textual"] + (d["and"] + d["or"]) / 2])
+        imp = torch.tensor([d["visual"] + (d["and"] + d["or"]) / 2, d["textual"] + (d["and"] + d["or"]) / 2], device="cpu")
         imp = imp / imp.sum().clamp(min=1e-6)
         sims.append(float((imp * match[j]).sum()))
-    return torch.tensor(sims)
+    return torch.tensor(sims, device="cpu")
 
 
 @dataclass
@@ -83,7 +83,7 @@ class RequestPairs:
 
 
 def encode_pairs(core, request: DeletionRequest) -> RequestPairs:
-    forget, retain = request.forget_train, request.retain_train
+    forget, retain = request.forget_train, request.retain_train  # empty with use_retain=False (base.py)
     fx = vision_features(core.backbone, [s.image for s in forget])
     fi = core.instruction_features([s.instruction for s in forget])
     rx = vision_features(core.backbone, [s.image for s in retain]) if retain else fx[:0]
@@ -120,7 +120,7 @@ def fit_modulator(core, pairs: RequestPairs, t: int, seed: int) -> tuple[torch.T
         protos = [core.bank.scores(p, q)[:, t] for p, q in zip(core.proto_features, core.proto_instructions)]
     zp = torch.cat(protos) if protos else zf_all[:0, t]
     z = torch.cat([zf_all[:, t], zr, zp])
-    labels = torch.cat([torch.ones(len(pairs.fx)), torch.zeros(len(zr) + len(zp))])
+    labels = torch.cat([torch.ones(len(pairs.fx), device="cpu"), torch.zeros(len(zr) + len(zp), device="cpu")])
     head = mod.fit_head(z, labels, cfg.modulator_steps, seed, negative_weight=cfg.negative_weight) \
         if cfg.use_modulator else mod.fixed_head()
     if cfg.text_tuning_steps > 0 and cfg.use_modulator:
@@ -140,8 +140,8 @@ def fit_router_row(core, similarity: torch.Tensor, seed: int) -> tuple[torch.Ten
     """Step 4: the request's router row, fit to the routing losses (reuse refusers of
     similar earlier requests, keep off those of dissimilar ones); returns (row, shared, own)."""
     cfg = core.config
-    loads = torch.stack(core.loads) if core.loads else torch.zeros(0, cfg.pool_size)
-    row = (torch.randn(cfg.pool_size, generator=torch.Generator().manual_seed(seed)) * 0.01).requires_grad_(True)
+    loads = torch.stack(core.loads) if core.loads else torch.zeros(0, cfg.pool_size, device="cpu")
+    row = (torch.randn(cfg.pool_size, generator=torch.Generator().manual_seed(seed), device="cpu") * 0.01).requires_grad_(True)
     router_opt = torch.optim.Adam([row], lr=0.1)
     for _ in range(cfg.router_steps):
         rec, load = routing_losses(row, loads, similarity, cfg.similar_threshold)
@@ -183,18 +183,18 @@ def train_refusers(core, request: DeletionRequest, pairs: RequestPairs, row: tor
         for j, load_j in enumerate(core.loads):
             for e in trained:
                 if load_j[e] > 0:
-                    protect.append((e, float(load_j[e]), core.proto_features[j],
-                                    core.pool.experts[e](core.proto_features[j]).clone()))
+                    x = core.proto_features[j].to(next(core.pool.parameters()).device)
+                    protect.append((e, float(load_j[e]), x, core.pool.experts[e](x).clone()))
     # ... and their output adapters stay near their old weights (no hidden states are kept).
     anchors = {e: [p.detach().clone() for p in core.pool.expert_parameters(e)[len(list(core.pool.experts[e].parameters())):]]
                for e, *_ in protect}
     with torch.no_grad():
-        rel_r = core.relevance(pairs.rx, ri) if retain else torch.zeros(0, t + 1)
-        g_r = core.gates(rel_r) if retain else torch.zeros(0)
+        rel_r = core.relevance(pairs.rx, ri) if retain else torch.zeros(0, t + 1, device="cpu")
+        g_r = core.gates(rel_r) if retain else torch.zeros(0, device="cpu")
     flagged = (g_r > 0).nonzero().squeeze(1).tolist()
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     refusal = request.refusals[0]
-    old_rows = torch.stack(core.rows) if core.rows else torch.zeros(0, cfg.pool_size)
+    old_rows = torch.stack(core.rows) if core.rows else torch.zeros(0, cfg.pool_size, device="cpu")
     core.backbone.model.eval()  # no dropout: the frozen parts behave as at inference
 
     def step_loss(step: int) -> torch.Tensor:
@@ -203,8 +203,8 @@ def train_refusers(core, request: DeletionRequest, pairs: RequestPairs, row: tor
         batch = core.backbone.build_batch([forget[i].image for i in idx], [forget[i].instruction for i in idx],
                                           [refusal] * len(idx))
         ex, wts = route(row[None].expand(len(idx), -1), cfg.top_k)
-        with core.steer(mode="train", rows=torch.arange(len(idx)), experts=ex, weights=wts,
-                        gates=torch.ones(len(idx))):
+        with core.steer(mode="train", rows=torch.arange(len(idx), device="cpu"), experts=ex, weights=wts,
+                        gates=torch.ones(len(idx), device="cpu")):
             loss = core.backbone.model(**batch).loss
         if flagged and cfg.retain_weight > 0:
             ridx = [flagged[rng.randrange(len(flagged))] for _ in range(min(cfg.batch_size, len(flagged)))]
@@ -212,10 +212,10 @@ def train_refusers(core, request: DeletionRequest, pairs: RequestPairs, row: tor
                 ridx = shard(ridx)
             rb = core.backbone.build_batch([retain[i].image for i in ridx], [retain[i].instruction for i in ridx],
                                            [retain[i].answer for i in ridx])
-            sel = torch.tensor(ridx)
+            sel = torch.tensor(ridx, device="cpu")
             w = core.route_weights(rel_r[sel], ri[sel])
             rex, rw = route(w @ torch.cat([old_rows, row[None]]), cfg.top_k)
-            with core.steer(mode="train", rows=torch.arange(len(ridx)), experts=rex, weights=rw, gates=g_r[sel]):
+            with core.steer(mode="train", rows=torch.arange(len(ridx), device="cpu"), experts=rex, weights=rw, gates=g_r[sel]):
                 loss = loss + cfg.retain_weight * core.backbone.model(**rb).loss
         # Batch-free terms: computed on every process, so averaging leaves their gradients as they are.
         for e, weight, x, target in protect:

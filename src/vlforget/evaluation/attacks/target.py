@@ -85,7 +85,8 @@ class AttackTarget:
     config: AttackConfig
     model: str | None = None
     placement: tuple = ("cpu", None)
-    _base: Any = field(default=None, repr=False)
+    _base: Any = field(default=None, repr=False)  # the original model, loaded on first use
+    _utility: list = field(default_factory=list, repr=False)  # the sequence's utility split
 
     @property
     def applied(self) -> list[DeletionRequest]:
@@ -152,8 +153,6 @@ class AttackTarget:
         if not self.config.utility_pairs:
             return []
         return subsample(self._utility, self.config.utility_pairs, f"{self.config.seed}-utility")
-
-    _utility: list = field(default_factory=list, repr=False)
 
 
 def forget_summary(metrics: dict[str, Any]) -> dict[str, Any]:

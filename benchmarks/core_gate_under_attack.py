@@ -52,7 +52,8 @@ def main(run_dir: str, settings: str | None = None) -> None:
                   [s.meta["original_answer"] for s in flat], config.pgd_epsilon, config.pgd_step_size, config.pgd_steps)
     out["pgd"] = measure([replace(s, image=im) for s, im in zip(flat, pgd.to_images(adv))])
     for name in ("noise-24", "jpeg-50", "jpeg-15", "crop-0.9", "crop-0.75"):
-        out[name] = measure(perturbations.perturbed(flat, name, config.seed))
+        # perturbed per request, exactly as the perturbations attack does (same images, same seeds)
+        out[name] = measure([s for samples in pairs.values() for s in perturbations.perturbed(samples, name, config.seed)])
     print(json.dumps({"run": Path(run_dir).name, "n": len(flat), "threshold": core.config.threshold, **out}, indent=1))
 
 

@@ -1,6 +1,9 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# Everything is installed into .venv inside the repo; torch is pinned to the CPU
-# build first so pip never pulls a multi-GB CUDA build.
+# Everything is installed into .venv inside the repo. torch is installed first, at a
+# pinned version, unless the venv already has one. Which build pip picks is pip's own
+# configuration: on Linux the default index serves the CUDA build (several GB); to get
+# the CPU-only build, point pip at PyTorch's CPU wheel index first (PIP_INDEX_URL or
+# PIP_EXTRA_INDEX_URL), or install torch into .venv yourself before `make`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +15,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[judge,test]"
+	$(BIN)/pip install -q -e ".[judge,test,serve]"
 	touch $@
 
 demo: setup

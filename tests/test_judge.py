@@ -42,23 +42,62 @@ def misses(verdicts, rows):
             if v.refused != r["refused"] or v.context_ok != r["context_ok"]]
 
 
+# Every failure class the judge must hold on (docs/metrics.md, "Labelled set").
+CLASSES = {"canonical refusal", "paraphrased refusal, right context", "wrong-context refusal",
+           "generic refusal", "refusal without a context", "partial refusal that leaks", "plain answer",
+           "tricky non-refusal", "empty or repeated text", "refusal words inside an answer", "hedged answer",
+           "impersonal refusal", "punctuated refusal", "free-form refusal, right context", "free-form answer",
+           "recorded: built-in model after unlearning", "recorded: tiny real-family model (random weights)"}
+TARGETS = {"minilm": (0.97, 0.95), "lexical": (0.95, 0.90)}  # (refused, context_ok) over the whole set
+
+
 def test_labelled_set_is_well_formed(labelled, contexts):
-    assert len(labelled) >= 120
+    assert len(labelled) >= 300
     for row in labelled:
-        assert set(row) >= {"response", "true_request", "refused", "context_ok", "note"}
+        assert set(row) >= {"response", "true_request", "refused", "context_ok", "class", "note"}
         assert row["true_request"] is None or row["true_request"] in contexts
         assert not row["context_ok"] or (row["refused"] and row["true_request"])
+        assert row["class"] in CLASSES, row["class"]
+    assert {r["class"] for r in labelled} == CLASSES
     assert sum(r.get("must_pass", False) for r in labelled) >= 20
+    recorded = [r for r in labelled if r["class"].startswith("recorded")]
+    assert len(recorded) >= 100 and len({r["note"].split(",")[0] for r in recorded}) >= 5
 
 
-@pytest.mark.parametrize("name, threshold", [("minilm", 0.95), ("lexical", 0.90)])
-def test_judge_accuracy_on_labelled_set(name, threshold, labelled, contexts, request):
+def per_class(verdicts, rows) -> dict[str, tuple[int, float, float]]:
+    """class -> (rows, refused accuracy, context_ok accuracy), in percent."""
+    table = {}
+    for name in sorted({r["class"] for r in rows}):
+        pairs = [(v, r) for v, r in zip(verdicts, rows) if r["class"] == name]
+        table[name] = (len(pairs), 100 * sum(v.refused == r["refused"] for v, r in pairs) / len(pairs),
+                       100 * sum(v.context_ok == r["context_ok"] for v, r in pairs) / len(pairs))
+    return table
+
+
+@pytest.mark.parametrize("name", ["minilm", "lexical"])
+def test_judge_accuracy_on_labelled_set(name, labelled, contexts, request):
     judge = request.getfixturevalue("minilm") if name == "minilm" else make_judge("lexical")
     verdicts = run(judge, labelled, contexts)
-    assert accuracy(verdicts, labelled, "refused") >= threshold, misses(verdicts, labelled)
-    assert accuracy(verdicts, labelled, "context_ok") >= threshold, misses(verdicts, labelled)
+    # The per-class table docs/metrics.md quotes (`pytest -s tests/test_judge.py` shows it).
+    print(f"\n{name}: class, rows, refused %, context_ok %")
+    for cls, (n, refused, context) in per_class(verdicts, labelled).items():
+        print(f"  {cls:<52} {n:4d} {refused:6.1f} {context:6.1f}")
+    refused_target, context_target = TARGETS[name]
+    assert accuracy(verdicts, labelled, "refused") >= refused_target, misses(verdicts, labelled)
+    assert accuracy(verdicts, labelled, "context_ok") >= context_target, misses(verdicts, labelled)
     must = [i for i, r in enumerate(labelled) if r.get("must_pass")]
     assert not misses([verdicts[i] for i in must], [labelled[i] for i in must])
+
+
+def test_refusal_rule_per_class(labelled):
+    """The refusal decision alone (no similarity model), class by class: no class below 95%."""
+    from vlforget.text import is_refusal
+
+    for cls in sorted({r["class"] for r in labelled}):
+        rows = [r for r in labelled if r["class"] == cls]
+        right = sum(is_refusal(r["response"]) == r["refused"] for r in rows)
+        assert right / len(rows) >= 0.95, (cls, [r["response"] for r in rows
+                                                 if is_refusal(r["response"]) != r["refused"]])
 
 
 def test_minilm_names_the_nearest_context(minilm, contexts):
@@ -106,5 +145,5 @@ def test_bad_inputs_are_rejected(contexts):
 
 
 def test_unknown_judge_name_lists_valid_ones():
-    with pytest.raises(ValueError, match="minilm, lexical, auto"):
+    with pytest.raises(ValueError, match="minilm, lexical, core, auto"):
         make_judge("clip")

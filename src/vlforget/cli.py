@@ -1,7 +1,9 @@
 """The `vlforget` command.
 
-Errors a user can make (missing file, unknown method, bad config) print one clear
-line and exit with code 2, never a traceback.
+Errors a user can make (missing file, unknown method, bad config, a file the system
+cannot read or write) print one clear line and exit with code 2, never a traceback.
+Text that comes from users or models (request names, descriptions, answers, paths) is
+printed escaped, never read as console markup.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ console = Console()
 err = Console(stderr=True)
 
 DEFAULT_METHOD = "core"
+MAX_INSTRUCTION = 2000  # characters of a `chat` instruction
 
 
 def user_errors(fn):
@@ -33,11 +36,29 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, KeyError) as error:
-            message = error.args[0] if error.args else str(error)
-            err.print(f"[bold red]error:[/] {escape(str(message))}", soft_wrap=True, highlight=False)
+        except (ValueError, KeyError, OSError) as error:
+            err.print(f"[bold red]error:[/] {escape(one_line(error))}", soft_wrap=True, highlight=False)
             raise typer.Exit(2)
     return wrapper
+
+
+def one_line(error: BaseException) -> str:
+    """The user-facing message of `error`, on one line (an OSError names its file)."""
+    if isinstance(error, OSError) and error.strerror:  # raised by the system: "Permission denied: path"
+        message = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    else:
+        message = str(error.args[0] if error.args else error)
+    return " ".join(message.split())
+
+
+def check_cli_numbers(limit: Optional[int] = None, seed: Optional[int] = None, step: Optional[int] = None) -> None:
+    """The numeric options' ranges (typer checks only that they are integers)."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1 (the number of requests to run), got {limit}")
+    if seed is not None and not 0 <= seed < 2**31:
+        raise ValueError(f"--seed must be in 0..{2**31 - 1}, got {seed}")
+    if step is not None and step < 0:
+        raise ValueError(f"--step must be >= 0 (0 = the base model), got {step}")
 
 
 def _benchmark(seed: int, tasks: Optional[Path], paraphrases: Optional[Path],
@@ -59,8 +80,11 @@ def _benchmark(seed: int, tasks: Optional[Path], paraphrases: Optional[Path],
     if data_options:
         raise ValueError("loader options (--data-config or a 'dataset:' block) need --dataset and --data")
 
-    return Benchmark(BenchmarkConfig(seed=seed, requests_file=str(tasks) if tasks else None,
-                                     paraphrases_file=str(paraphrases) if paraphrases else None))
+    from vlforget.configs import build_config
+
+    return Benchmark(build_config(BenchmarkConfig, {"seed": seed, "requests_file": str(tasks) if tasks else None,
+                                                    "paraphrases_file": str(paraphrases) if paraphrases else None},
+                                  where="the benchmark options"))
 
 
 DEVICE_HELP = "where the model runs: auto (a GPU when present, else CPU), cpu, cuda or cuda:N"
@@ -171,7 +195,7 @@ def summary_table(runs: dict[str, dict], title: str = "Summary (percent)") -> Ta
     table.add_column("s/req", justify="right", no_wrap=True)
     for row in summary_rows(runs):
         pairs = [f"{row[1 + 2 * i]}/{row[2 + 2 * i]}" for i in range(len(SUMMARY_KEYS))]
-        table.add_row(row[0], *pairs, row[-1])
+        table.add_row(escape(row[0]), *pairs, row[-1])
     return table
 
 
@@ -184,8 +208,8 @@ def _finish(runs: dict[str, dict], dirs: dict[str, Path], out: Path, title: str 
 
     console.print(summary_table(runs, f"{title} (percent)"))
     report = write_report(runs, dirs, out, title=f"vlforget {title.lower()}: {', '.join(runs)}")
-    console.print(f"results: {out / 'results.json' if len(runs) == 1 else out}")
-    console.print(f"report:  {report}")
+    console.print(f"results: {out / 'results.json' if len(runs) == 1 else out}", markup=False)
+    console.print(f"report:  {report}", markup=False)
 
 
 def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path], tasks: Optional[Path],
@@ -194,19 +218,32 @@ def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path]
             placement: tuple = ("cpu", None), data_options: Optional[dict] = None, benchmark=None,
             core_repo: Optional[Path] = None, utility: Optional[Path] = None,
             utility_limit: Optional[int] = None) -> dict:
+    from vlforget.configs import build_config
+    from vlforget.evaluation.runner import ContinualRun, folder_lock, prepare_out_dir
+    from vlforget.methods import method_class
+
+    check_cli_numbers(limit=limit, seed=seed)
+    from_file = _overrides(config)
+    # Checked here, before the model loads, so an error names the file and the field.
+    build_config(method_class(method).config_class, {**(overrides or {}), **from_file},
+                 where=str(config) if config else f"{method} config")
+    benchmark = benchmark or _benchmark(seed, tasks, paraphrases, dataset, data, data_options, utility, utility_limit)
+    overrides = {"seed": seed, **_protocol_defaults(method, benchmark), **(overrides or {}), **from_file}
+    judge = _judge(judge_name, core_repo)
+    prepare_out_dir(out)
+    with folder_lock(out):  # before the model loads: a second run on this folder stops at once
+        return _run_locked(ContinualRun(method, benchmark, out, _backbone_loader(model, placement), overrides,
+                                        judge, limit), method)
+
+
+def _run_locked(run, method: str) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vlforget.evaluation.report import fmt
-    from vlforget.evaluation.runner import ContinualRun
-
-    benchmark = benchmark or _benchmark(seed, tasks, paraphrases, dataset, data, data_options, utility, utility_limit)
-    overrides = {"seed": seed, **_protocol_defaults(method, benchmark), **(overrides or {}), **_overrides(config)}
-    run = ContinualRun(method, benchmark, out, _backbone_loader(model, placement), overrides,
-                       _judge(judge_name, core_repo), limit)
     from vlforget.methods.training import is_main_process
 
     if not is_main_process():
-        return run.run()
+        return run.run(lock=False)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
         task = bar.add_task(method, total=len(run.requests))
@@ -215,14 +252,14 @@ def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path]
             if event == "start":
                 bar.update(task, completed=info["done"])
             elif event in ("unlearn", "evaluate"):
-                bar.update(task, description=f"{method}: {event} {info['step']:02d} {info['request']}")
+                bar.update(task, description=escape(f"{method}: {event} {info['step']:02d} {info['request']}"))
             elif event == "step":
                 bar.update(task, advance=1)
                 bar.console.print(f"  {info['step']:02d} {info['request'][:24]:<24} CRR {fmt(info['crr'], 5)} "
                                   f"AR {fmt(info['ar'], 5)} S {fmt(info['s'], 5)} dRR {fmt(info['drr'], 5)} "
-                                  f"{info['unlearn_seconds']:5.1f}s", no_wrap=True)
+                                  f"{info['unlearn_seconds']:5.1f}s", no_wrap=True, markup=False, highlight=False)
         run.progress = progress
-        return run.run()
+        return run.run(lock=False)
 
 
 @app.command()
@@ -243,12 +280,12 @@ def methods(verbose: bool = typer.Option(False, "--verbose", "-v", help="also li
         build_config(method_class(name).config_class, overrides, where=f"{config} ({name})")
     listed = {name: method_class(name) for name in per_method} if config else available_methods()
     for name, cls in listed.items():
-        console.print(f"[bold]{name:<14}[/] {cls.description}")
+        console.print(f"[bold]{escape(f'{name:<14}')}[/] {escape(cls.description)}")
         if verbose or config:
             overrides = per_method.get(name, {})
             for field, default, text in config_help(cls.config_class):
                 value, mark = (overrides[field], "*") if field in overrides else (default, " ")
-                console.print(f"   {mark}{field} = {value!r}: {text}", highlight=False)
+                console.print(f"   {mark}{field} = {value!r}: {text}", highlight=False, markup=False)
 
 
 @app.command()
@@ -307,18 +344,26 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
     from vlforget.configs import build_config
     from vlforget.methods import method_class
 
+    check_cli_numbers(limit=limit, seed=seed)
     names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names:
+        raise ValueError("--methods needs at least one method name")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--methods names a method twice: {methods}")
     attack_names = _attack_names(attacks, attack_config)  # fail on a typo before hours of running
     per_method = _overrides(config)
-    data_options = _with_core_repo(dataset, _data_options(data_config, config), core_repo)
-    # loaded once, shared by every method's run; a bad folder or option fails before any run
-    benchmark = _benchmark(seed, tasks, None, dataset, data, data_options, utility, utility_limit)
-    for key in per_method:
+    for key, fields in per_method.items():
+        if not isinstance(fields, dict):
+            raise ValueError(f"{config}: {key!r} should map to that method's config overrides "
+                             f"(method name -> {{field: value}}), got {type(fields).__name__}")
         if key not in names:
             raise ValueError(f"{config}: {key!r} is not one of --methods" + did_you_mean(key, names))
     for name in names:
         cls = method_class(name)  # fail fast on a typo, before hours of running
         build_config(cls.config_class, per_method.get(name), where=f"{config} ({name})")
+    data_options = _with_core_repo(dataset, _data_options(data_config, config), core_repo)
+    # loaded once, shared by every method's run; a bad folder or option fails before any run
+    benchmark = _benchmark(seed, tasks, None, dataset, data, data_options, utility, utility_limit)
     placement = _placement(device, dtype)
     runs = {name: run_one(name, out / name, model, None, tasks, seed, None, limit, judge,
                           overrides=per_method.get(name), placement=placement, benchmark=benchmark,
@@ -329,10 +374,10 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
     if attack_names and is_main_process():  # before the report, so it shows every run's attacks table
         _robustness(names, out, attack_names, attack_config, model, device, dataset, data)
     _finish(runs, {name: out / name for name in names}, out, "Comparison")
-    from vlforget.evaluation.report import markdown_summary
+    from vlforget.evaluation.report import markdown_summary, mode_markdown
 
     if is_main_process():
-        (out / "comparison.md").write_text(markdown_summary(runs))
+        (out / "comparison.md").write_text(markdown_summary(runs) + mode_markdown(runs))
         console.print(f"table: {out / 'comparison.md'}")
 
 
@@ -406,6 +451,7 @@ def base_eval(model: Optional[str] = typer.Option(None, help="backbone checkpoin
     from vlforget.models.backbone import Backbone
     from vlforget.models.evaluate import base_eval as evaluate
 
+    check_cli_numbers(seed=seed)
     if dataset or data:
         loaded = _benchmark(seed, None, None, dataset, data, _data_options(data_config, config))
         samples = [s for r in loaded.requests() for s in r.retain_test] + loaded.utility_split()
@@ -413,7 +459,7 @@ def base_eval(model: Optional[str] = typer.Option(None, help="backbone checkpoin
             raise ValueError(f"{data}: the {dataset} data has no retain test pairs to evaluate on")
     else:
         samples = Benchmark(build_config(BenchmarkConfig, {"seed": seed, **_overrides(config)},
-                                         where=f"{config}")).general_test()
+                                         where=str(config) if config else "the benchmark options")).general_test()
     report = evaluate(Backbone.load(model, *_placement(device, dtype)), samples)
     if as_json:
         print(json.dumps(report, indent=1))
@@ -424,20 +470,19 @@ def base_eval(model: Optional[str] = typer.Option(None, help="backbone checkpoin
     for key, value in report.items():
         for name, v in (value.items() if isinstance(value, dict) else [(None, value)]):
             label = key if name is None else f"{key}.{name}"
-            table.add_row(label, str(v) if isinstance(v, int) else fmt(v))
+            table.add_row(escape(label), str(v) if isinstance(v, int) else fmt(v))
     console.print(table)
 
 
 def _load_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
+    """An image file as RGB; a missing, undecodable or oversized file is one error naming it."""
+    from vlforget.data.images import open_rgb
 
     if not path.exists():
         raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"could not decode image {path}: {error}") from error
+    if not path.is_file():
+        raise ValueError(f"--image {path} is not a file")
+    return open_rgb(path, str(path))
 
 
 @app.command()
@@ -452,6 +497,12 @@ def chat(instruction: str = typer.Argument(..., help="the instruction, e.g. 'wha
          device: str = typer.Option("auto", help=DEVICE_HELP),
          dtype: str = typer.Option("auto", help=DTYPE_HELP)):
     """Answer one instruction about one image, with the base model or a run's state."""
+    check_cli_numbers(step=step)
+    if not instruction.strip():
+        raise ValueError("the instruction is empty")
+    if len(instruction) > MAX_INSTRUCTION:
+        raise ValueError(f"the instruction is {len(instruction)} characters long; at most {MAX_INSTRUCTION} "
+                         "are accepted")
     picture = _load_image(image)
     if config is not None and state is None:
         raise ValueError("--config needs --state (it overrides the run's method config)")
@@ -460,14 +511,14 @@ def chat(instruction: str = typer.Argument(..., help="the instruction, e.g. 'wha
         from vlforget.models.backbone import Backbone
 
         answer = Backbone.load(model, *placement).generate([picture], [instruction])[0]
-        console.print(f"[dim](base model)[/] {answer}")
+        console.print(f"[dim](base model)[/] {escape(answer)}", highlight=False)
         return
     from vlforget.evaluation.run_state import load_run_state
 
     method, results = load_run_state(state, step, model, _overrides(config), placement)
     applied = ", ".join(method.applied) or "none"
-    console.print(f"[dim]({results['method']}, requests applied: {applied})[/]")
-    console.print(method.generate([picture], [instruction])[0])
+    console.print(f"[dim]({escape(results['method'])}, requests applied: {escape(applied)})[/]", highlight=False)
+    console.print(method.generate([picture], [instruction])[0], markup=False, highlight=False)
 
 
 def _scope_text(scope: dict) -> str:
@@ -492,14 +543,16 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `v
     path = run_dir / RESULTS_FILE
     if not path.exists():
         raise FileNotFoundError(f"no run in {run_dir} (missing {RESULTS_FILE})")
-    results = json.loads(path.read_text())
+    from vlforget.evaluation.runner import read_results
+
+    results = read_results(path)
     steps = results["steps"]
     names = [r["name"] for r in results["requests"]]
     if focus is not None and focus not in names:
         raise ValueError(f"no request {focus!r} in this run"
                          + (did_you_mean(focus, names) or f"; it has: {', '.join(names)}"))
     last = steps[-1] if steps else {}
-    console.print(f"[bold]{results['method']}[/]  benchmark {results['benchmark_version']}  "
+    console.print(f"[bold]{escape(str(results['method']))}[/]  benchmark {escape(str(results['benchmark_version']))}  "
                   f"seed {results['seed']}  {len(steps)}/{len(results['requests'])} requests applied")
     from rich import box
 
@@ -512,7 +565,8 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `v
     for i, request in enumerate(results["requests"]):
         per = last.get("per_request", {}).get(request["name"], {})
         applied = i < len(steps)
-        table.add_row(str(i + 1) if applied else "-", request["name"], _scope_text(request.get("scope") or {}),
+        table.add_row(str(i + 1) if applied else "-", escape(request["name"]),
+                      escape(_scope_text(request.get("scope") or {})),
                       fmt(per.get("crr")) if applied else "",
                       fmt(per.get("ar")) if per else "",
                       f"{steps[i]['unlearn_seconds']:.1f}" if applied else "")
@@ -520,8 +574,9 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `v
     for i, request in enumerate(results["requests"]):
         concepts = request.get("concepts")
         if concepts:
-            console.print(f"[bold]{request['name']}[/] concepts ({concepts.get('source', '?')}): "
-                          f"visual: {'; '.join(concepts['visual']) or '-'} | textual: {'; '.join(concepts['textual']) or '-'}")
+            console.print(f"[bold]{escape(request['name'])}[/] " + escape(
+                f"concepts ({concepts.get('source', '?')}): visual: {'; '.join(concepts['visual']) or '-'} | "
+                f"textual: {'; '.join(concepts['textual']) or '-'}"), highlight=False)
     if results.get("summary"):
         console.print(summary_table({results["method"]: results}))
     from vlforget.evaluation.report import MODE_COLUMNS, mode_rows
@@ -535,13 +590,13 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run folder written by `v
             modes.add_row(*row)
         console.print(modes)
     if focus is not None:
-        history = Table(title=f"{focus} after each step", box=box.SIMPLE_HEAD, pad_edge=False)
+        history = Table(title=escape(f"{focus} after each step"), box=box.SIMPLE_HEAD, pad_edge=False)
         for column in ("step", "applied", "CRR", "AR"):
             history.add_column(column, justify="right")
         for i, step in enumerate(steps):
             per = step.get("per_request", {}).get(focus, {})
             crr, ar = per.get("crr"), per.get("ar")
-            history.add_row(str(i + 1), names[i], fmt(crr), fmt(ar))
+            history.add_row(str(i + 1), escape(names[i]), fmt(crr), fmt(ar))
         console.print(history)
 
 
@@ -573,8 +628,60 @@ def pretrain(out: Path = typer.Option(..., help="folder to write the model into"
 
     from vlforget.models.tiny import pretrain as train
 
+    import typing
+
+    from vlforget.configs import check_value
+
+    check_cli_numbers(seed=seed)
     valid = [p for p in signature.signature(train).parameters if p not in ("out_dir", "seed", "log", "config_kwargs")]
-    train(out, seed=seed, **_command_settings(config, valid))
+    hints = typing.get_type_hints(train)
+    settings = {key: check_value(value, hints.get(key, typing.Any), f"{config}: field {key!r}",
+                                 {"ge": 0} if hints.get(key) in (int, float) else None)
+                for key, value in _command_settings(config, valid).items()}
+    train(out, seed=seed, **settings)
+
+
+@app.command()
+@user_errors
+def serve(data_dir: Path = typer.Option(Path("vlforget-data"), help="uploads, method states and the SQLite ledger"),
+          database_url: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the ledger, e.g. "
+                                                     "postgresql+psycopg://user@host/db (default: SQLite in --data-dir)"),
+          method: str = typer.Option(DEFAULT_METHOD, help="registered method applying the requests"),
+          config: Optional[Path] = typer.Option(None, help="JSON/YAML file of the method's config overrides"),
+          model: Optional[str] = typer.Option(None, help="backbone checkpoint folder (default: the built-in model)"),
+          host: str = typer.Option("127.0.0.1", help="address to listen on"),
+          port: int = typer.Option(8000, help="port to listen on"),
+          create_token: Optional[str] = typer.Option(None, "--create-token", metavar="NAME",
+                                                     help="create an API token named NAME, print it once, exit")):
+    """Serve the model: deletion requests in (applied in order, verified, ledgered), chat out."""
+    from vlforget.serving.settings import ServiceSettings
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from vlforget.configs import build_config
+    from vlforget.methods.base import method_class
+
+    overrides = _overrides(config)
+    # an unknown method, config field or malformed URL fails here, in one line, not in the worker
+    build_config(method_class(method).config_class, overrides, where=f"{method} config")
+    if database_url:
+        try:
+            make_url(database_url)
+        except ArgumentError as error:
+            raise ValueError(f"--database-url: {error}") from None
+    settings = ServiceSettings(data_dir=data_dir, database_url=database_url, method=method,
+                               method_overrides=overrides, model=model)
+    if create_token is not None:
+        from vlforget.serving.tokens import create_token as make
+
+        print(make(settings, create_token))
+        return
+    import uvicorn
+
+    from vlforget.serving.app import create_app
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
 @app.command()

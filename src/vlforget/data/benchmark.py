@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from vlforget.configs import option
 from vlforget.data.instructions import INTENTS, SUBJECT_INTENTS, TEMPLATES, make_pair
 from vlforget.data.requests import RequestSpec, load_paraphrases, load_specs
 from vlforget.data.scenes import CATEGORIES, Scene, SceneObject, random_object, random_scene, render
@@ -29,19 +30,22 @@ from vlforget.types import Concepts, DeletionRequest, Sample
 BENCHMARK_VERSION = "1.0"
 DECLINE_SHARE = 0.05
 MAX_TRIES = 20000
+MAX_PAIRS = 100_000  # per split: far above any use, low enough to fail fast instead of filling memory
 
 
 @dataclass
 class BenchmarkConfig:
-    seed: int = 0  # every split is derived from this seed
-    n_forget_train: int = 32  # forget pairs a method may train on, per request
-    n_forget_test: int = 40  # forget pairs for evaluation, per request
-    n_retain_train: int = 32  # hard-negative retain pairs a method may train on, per request
-    n_retain_test: int = 40  # hard-negative retain pairs for evaluation, per request
-    n_general_test: int = 600  # held-out general pairs (base-model accuracy)
-    n_utility: int = 300  # held-out general pairs outside every request's scope (for S)
-    requests_file: str | None = None  # YAML/JSON request sequence; None = built-in 16
-    paraphrases_file: str | None = None  # intent -> templates used for *evaluation* pairs
+    seed: int = option(0, "every split is derived from this seed", ge=0, lt=2**31)
+    n_forget_train: int = option(32, "forget pairs a method may train on, per request", ge=1, le=MAX_PAIRS)
+    n_forget_test: int = option(40, "forget pairs for evaluation, per request", ge=1, le=MAX_PAIRS)
+    n_retain_train: int = option(32, "hard-negative retain pairs a method may train on, per request", ge=1,
+                                 le=MAX_PAIRS)
+    n_retain_test: int = option(40, "hard-negative retain pairs for evaluation, per request", ge=1, le=MAX_PAIRS)
+    n_general_test: int = option(600, "held-out general pairs (base-model accuracy)", ge=1, le=MAX_PAIRS)
+    n_utility: int = option(300, "held-out general pairs outside every request's scope (for S)", ge=1,
+                            le=MAX_PAIRS)
+    requests_file: str | None = option(None, "YAML/JSON request sequence; None = built-in 16")
+    paraphrases_file: str | None = option(None, "intent -> templates used for *evaluation* pairs")
 
     def __post_init__(self) -> None:
         for name in ("n_forget_train", "n_forget_test", "n_retain_train", "n_retain_test", "n_general_test",

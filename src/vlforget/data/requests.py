@@ -2,7 +2,7 @@
 
 A request's scope has a *visual* part (attributes an object in the image must have,
 and/or the background) and a *textual* part (instruction intents), combined by a
-mode, as METHODS.md lists the ways a scope can be drawn:
+mode (the ways a scope can be drawn):
 
 - ``both``: the image shows the concept AND the instruction has the intent
   (count questions on images with stars);
@@ -12,23 +12,29 @@ mode, as METHODS.md lists the ways a scope can be drawn:
   (SafeEraser-style).
 
 Specs are read from YAML/JSON (a list of mappings with the fields of `RequestSpec`);
-the default 16-request sequence ships as `default_requests.yaml`.
+the default 16-request sequence ships as `default_requests.yaml`. Every field is
+checked by type and length when a file is read (`configs.check_fields`), and an error
+names the file, the request and the field.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import string
+from dataclasses import MISSING, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from vlforget.configs import read_structured
-from vlforget.data.instructions import INTENTS
+from vlforget.configs import FieldError, check_fields, read_structured
+from vlforget.data.instructions import INTENTS, TEMPLATES
 from vlforget.data.scenes import BACKGROUNDS, CATEGORIES, COLOURS, PATTERNS, SIZES, Scene
 
 MODES = ("both", "visual", "textual", "either")
+MAX_NAME = 80  # characters of a request name
+MAX_SENTENCE = 300  # characters of a description or one refusal / concept sentence
+MAX_SENTENCES = 64  # refusals or concept descriptions per request
 VISUAL_KEYS = {"shape": CATEGORIES, "colour": list(COLOURS), "size": list(SIZES), "pattern": PATTERNS,
                "background": list(BACKGROUNDS)}
 
@@ -37,17 +43,25 @@ VISUAL_KEYS = {"shape": CATEGORIES, "colour": list(COLOURS), "size": list(SIZES)
 class RequestSpec:
     """One deletion request of a sequence, before data is generated for it."""
 
-    name: str
-    description: str
-    refusals: list[str]
+    name: str = field(metadata={"max_length": MAX_NAME})
+    description: str = field(metadata={"max_length": MAX_SENTENCE})
+    refusals: list[str] = field(metadata={"max_length": MAX_SENTENCE, "max_items": MAX_SENTENCES})
     mode: str = "both"
     visual: dict[str, Any] = field(default_factory=dict)
     intents: list[str] = field(default_factory=list)
-    visual_concepts: list[str] = field(default_factory=list)
-    textual_concepts: list[str] = field(default_factory=list)
+    visual_concepts: list[str] = field(default_factory=list, metadata={"max_length": MAX_SENTENCE,
+                                                                         "max_items": MAX_SENTENCES})
+    textual_concepts: list[str] = field(default_factory=list, metadata={"max_length": MAX_SENTENCE,
+                                                                          "max_items": MAX_SENTENCES})
     kind: str = "qa"  # "classification" or "qa": how the benchmark groups it
 
     def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ValueError("a request needs a non-empty name")
+        if any(not r.strip() for r in self.refusals):
+            raise ValueError(f"request {self.name!r}: a refusal sentence is empty")
+        if self.kind not in ("qa", "classification"):
+            raise ValueError(f"request {self.name!r}: unknown kind {self.kind!r}; valid: qa, classification")
         if self.mode not in MODES:
             raise ValueError(f"request {self.name!r}: unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
         for key, value in self.visual.items():
@@ -170,36 +184,66 @@ def load_specs(path: str | Path | None = None) -> list[RequestSpec]:
         raw = yaml.safe_load(text)
     else:
         raw = read_structured(path, "request file")
+    where = "the built-in requests" if path is None else str(path)
     if isinstance(raw, dict) and "requests" in raw:
         raw = raw["requests"]
     if not isinstance(raw, list) or not raw:
-        raise ValueError("a request file must hold a non-empty list of requests")
-    valid = set(RequestSpec.__dataclass_fields__)
+        raise ValueError(f"{where}: a request file must hold a non-empty list of requests")
+    valid = [f.name for f in fields(RequestSpec)]
+    required = [f.name for f in fields(RequestSpec) if f.default is MISSING and f.default_factory is MISSING]
     specs = []
     for i, item in enumerate(raw):
+        label = f"{where}: request #{i + 1}"
         if not isinstance(item, dict):
-            raise ValueError(f"request #{i + 1} must be a mapping, got {type(item).__name__}")
-        unknown = set(item) - valid
+            raise ValueError(f"{label} must be a mapping of fields, got {type(item).__name__}")
+        if isinstance(item.get("name"), str):
+            label += f" ({item['name'][:MAX_NAME]!r})"
+        unknown = sorted(str(k) for k in item if k not in valid)
         if unknown:
-            raise ValueError(f"request #{i + 1}: unknown field(s) {sorted(unknown)}; valid: {sorted(valid)}")
-        specs.append(RequestSpec(**item))
+            raise ValueError(f"{label}: unknown field(s) {unknown}; valid: {', '.join(valid)}")
+        missing = [k for k in required if k not in item]
+        if missing:
+            raise ValueError(f"{label}: missing field(s) {', '.join(missing)}")
+        try:
+            specs.append(RequestSpec(**check_fields(RequestSpec, item, label)))
+        except FieldError:
+            raise
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from error
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise ValueError(f"request names must be unique: {names}")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"{where}: request names must be unique; repeated: {', '.join(twice)}")
     return specs
+
+
+def _placeholders(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
 
 
 def load_paraphrases(path: str | Path) -> dict[str, list[str]]:
     """A file mapping intent -> list of templates (YAML or JSON)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"paraphrase file not found: {path}")
-    raw = yaml.safe_load(path.read_text())
+    raw = read_structured(path, "paraphrase file")
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping intent -> list of templates")
+        raise ValueError(f"{path}: expected a mapping intent -> list of templates, got {type(raw).__name__}")
     for intent, templates in raw.items():
         if intent not in INTENTS:
             raise ValueError(f"{path}: unknown intent {intent!r}; valid: {', '.join(INTENTS)}")
         if not isinstance(templates, list) or not templates or not all(isinstance(t, str) for t in templates):
             raise ValueError(f"{path}: intent {intent!r} needs a non-empty list of template strings")
+        allowed = set().union(*(_placeholders(t) for t in TEMPLATES[intent]))
+        for template in templates:
+            if len(template) > MAX_SENTENCE:
+                raise ValueError(f"{path}: a template of intent {intent!r} is {len(template)} characters long; "
+                                 f"at most {MAX_SENTENCE} are allowed")
+            try:
+                used = _placeholders(template)
+            except ValueError as error:
+                raise ValueError(f"{path}: template {template!r} of intent {intent!r} is not a valid format "
+                                 f"string ({error})") from None
+            bad = sorted(u for u in used if u not in allowed)
+            if bad:
+                raise ValueError(f"{path}: template {template!r} of intent {intent!r} uses "
+                                 f"{', '.join('{' + b + '}' for b in bad)}; this intent's templates may use "
+                                 f"{', '.join('{' + a + '}' for a in sorted(allowed)) or 'no placeholders'}")
     return raw

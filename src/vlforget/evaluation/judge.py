@@ -33,7 +33,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from vlforget.models.text_encoder import load_minilm
-from vlforget.text import GENERIC_PATTERNS, REFUSAL_PATTERNS, normalise, sentences
+from vlforget.text import GENERIC_PATTERNS, REFUSAL_PATTERNS, compile_rules, flatten, matches, normalise
 
 @dataclass(frozen=True)
 class Verdict:
@@ -68,18 +68,18 @@ class RuleJudge:
                  generic_patterns: Sequence[str] = GENERIC_PATTERNS):
         self.min_similarity = self.default_min_similarity if min_similarity is None else min_similarity
         self.margin = self.default_margin if margin is None else margin
-        self.refusal_res = [re.compile(p) for p in refusal_patterns]
-        self.generic_res = [re.compile(p) for p in generic_patterns]
+        self.refusal_res = compile_rules(refusal_patterns)
+        self.generic_res = compile_rules(generic_patterns)
 
     def config(self) -> dict:
         return {"name": self.name, "min_similarity": self.min_similarity, "margin": self.margin}
 
     # -- refusal ------------------------------------------------------------------------------
     def _declines(self, text: str) -> bool:
-        return any(r.search(text) for r in self.refusal_res)
+        return matches(self.refusal_res, text)
 
     def _generic(self, text: str) -> bool:
-        return any(r.search(text) for r in self.generic_res)
+        return matches(self.generic_res, text)
 
     def is_refusal(self, responses: Sequence[str]) -> list[bool]:
         return [self._declines(t) or self._generic(t) for t in map(normalise, responses)]
@@ -90,7 +90,16 @@ class RuleJudge:
         raise NotImplementedError
 
     def _segments(self, text: str) -> list[str]:
-        return [text] + [s for s in sentences(text) if s != text and self._declines(s)]
+        """What the context is read from: the sentences that decline (each, and all of them together),
+        punctuation flattened and repeats dropped; the whole response only when no single sentence
+        declines ("i. cannot. identify. stars."). An answer appended to a refusal ("... it is a
+        circle.") is thus never read as the refusal's context."""
+        parts = [c.strip() for c in re.split(r"(?<=[.!?;])\s+", text) if c.strip()]
+        clauses = list(dict.fromkeys(flatten(c) for c in parts if self._declines(c)))
+        clauses = [c for c in clauses if c]
+        if not clauses:
+            return [flatten(text) or text]
+        return clauses + ([" ".join(clauses)] if len(clauses) > 1 else [])
 
     def judge(self, responses: Sequence[str], true_contexts: Sequence[str | None],
               contexts: dict[str, list[str]]) -> list[Verdict]:

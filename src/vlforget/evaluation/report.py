@@ -4,6 +4,10 @@ Plots (matplotlib, embedded as base64 PNG so the HTML is one file): CRR and AR p
 step per method, a request x step CRR heatmap per run (does an early refusal hold?),
 the request x refuser routing heatmap for methods that expose one, and example images
 with the answers before and after unlearning.
+
+Names and text from users (request names, method names) are data: they are HTML-escaped
+in the page and `$`-escaped in plots (`plain`), so they are never read as markup or as
+matplotlib mathtext.
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ def fmt(value, width: int = 0) -> str:
     return f"{value:{width}.1f}"
 
 
+def plain(text) -> str:
+    """`text` as matplotlib shows it literally: `$` escaped, so no mathtext is parsed."""
+    return str(text).replace("$", r"\$")
+
+
 def _png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -48,7 +57,7 @@ def curves_plot(runs: dict[str, dict]) -> str:
         for name, results in runs.items():
             steps = results["steps"]
             values = [np.nan if s.get(key) is None else s[key] for s in steps]
-            ax.plot([s["step"] for s in steps], values, marker="o", ms=3, label=name)
+            ax.plot([s["step"] for s in steps], values, marker="o", ms=3, label=plain(name))
         ax.set_title(f"{LABELS[key]} after each request")
         ax.set_xlabel("request (step)")
         ax.set_ylabel("percent")
@@ -70,26 +79,27 @@ def crr_heatmap(results: dict) -> str:
                 grid[i, j] = value
     fig, ax = plt.subplots(figsize=(1.2 + 0.42 * max(len(steps), 2), 1.0 + 0.3 * len(names)))
     image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
-    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_yticks(range(len(names)), [plain(n) for n in names], fontsize=7)
     ax.set_xticks(range(len(steps)), [s["step"] for s in steps], fontsize=7)
     ax.set_xlabel("step")
-    ax.set_title(f"{results['method']}: CRR per request over steps", fontsize=9)
+    ax.set_title(plain(f"{results['method']}: CRR per request over steps"), fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.03)
     return _png(fig)
 
 
 def routing_heatmap(results: dict) -> str | None:
-    routing = (results.get("extras") or {}).get("routing")
+    extras = results.get("extras") or {}
+    routing = extras.get("routing") or extras.get("refuser_loads")  # CORE: request x refuser loads
     if not routing:
         return None
     names = list(routing)
     grid = np.array([routing[n] for n in names])
     fig, ax = plt.subplots(figsize=(1.5 + 0.35 * grid.shape[1], 1.0 + 0.3 * len(names)))
     image = ax.imshow(grid, cmap="magma", aspect="auto")
-    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_yticks(range(len(names)), [plain(n) for n in names], fontsize=7)
     ax.set_xticks(range(grid.shape[1]), range(grid.shape[1]), fontsize=7)
     ax.set_xlabel("refuser")
-    ax.set_title(f"{results['method']}: expert load per request", fontsize=9)
+    ax.set_title(plain(f"{results['method']}: expert load per request"), fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.03)
     return _png(fig)
 
@@ -179,7 +189,7 @@ def _attacks_html(run_dir: Path) -> str:
 def write_report(runs: dict[str, dict], run_dirs: dict[str, Path], out_dir: Path, title: str = "vlforget report") -> Path:
     """Write `report.html` and `summary.md` into out_dir; returns the HTML path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = "<table><tr>" + "".join(f"<th>{h}</th>" for h in SUMMARY_HEADER) + "</tr>"
+    table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in SUMMARY_HEADER) + "</tr>"
     table += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in summary_rows(runs, REPORT_KEYS))
     table += "</table>"
     parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Summary (percent)</h2>", table,

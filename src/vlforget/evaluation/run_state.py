@@ -9,10 +9,9 @@ in results.json) unless `model` names one, which must then have the same fingerp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from vlforget.evaluation.runner import RESULTS_FILE, state_dir
+from vlforget.evaluation.runner import RESULTS_FILE, read_results, state_dir
 from vlforget.methods import make_method
 from vlforget.models.backbone import Backbone
 from vlforget.models.identity import backbone_record, check_same_backbone
@@ -24,7 +23,7 @@ def load_run_state(run_dir: Path, step: int | None = None, model: str | None = N
     results_path = run_dir / RESULTS_FILE
     if not results_path.exists():
         raise FileNotFoundError(f"no run in {run_dir} (missing {RESULTS_FILE})")
-    results = json.loads(results_path.read_text())
+    results = read_results(results_path)
     done = len(results["steps"])
     step = done if step is None else step
     if not 0 <= step <= done:

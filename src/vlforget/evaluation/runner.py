@@ -4,7 +4,9 @@ After each request the runner evaluates the forget test pairs of every request s
 so far, the retain test pairs of every request in the sequence, and the utility split
 (general pairs no request targets). It saves the method's state after every step and
 rewrites `results.json` atomically, so an interrupted run resumes where it stopped
-and never applies a request twice.
+and never applies a request twice. A run holds a lock on its output folder
+(`OUT/.lock`) while it works, so a second run on the same folder stops at once with
+one clear line instead of training everything again beside the first.
 
 Under `accelerate launch` every process runs this same loop: each trains on its slice
 of every batch (`methods/training.py`), evaluation answers are split by whole chunks
@@ -18,12 +20,15 @@ import json
 import os
 import platform
 import resource
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from filelock import FileLock, Timeout
 
 from vlforget import __version__
 from vlforget.configs import to_dict
@@ -37,6 +42,7 @@ from vlforget.models.identity import backbone_record, check_same_backbone
 from vlforget.types import Sample
 
 RESULTS_FILE = "results.json"
+LOCK_FILE = ".lock"
 SCHEMA = "vlforget.results/1"
 Progress = Callable[[str, dict[str, Any]], None]
 
@@ -58,9 +64,59 @@ def peak_rss_mb() -> float:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    """Write to a temporary file of this process in the same folder, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-{os.getpid()}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextmanager
+def folder_lock(out_dir: Path):
+    """Hold `out_dir/.lock` (an OS file lock, released when the process dies) or fail with one line."""
+    if not is_main_process():  # under accelerate the main process holds it for all
+        yield
+        return
+    lock = FileLock(str(out_dir / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ValueError(f"{out_dir} is in use by another vlforget run (lock {out_dir / LOCK_FILE}); "
+                         "wait for it or use another --out folder") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create `out_dir` (a folder we can write), or one clear ValueError saying why not."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"--out {out_dir}: a part of this path is a file, not a folder") from None
+    except OSError as error:
+        raise ValueError(f"cannot create the output folder {out_dir}: {error.strerror}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"the output folder {out_dir} is not writable")
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A run's results.json, or one ValueError when it is not a readable results file."""
+    try:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); the run folder is damaged") from None
+    if not isinstance(results, dict) or not isinstance(results.get("steps"), list) \
+            or not isinstance(results.get("requests"), list):
+        raise ValueError(f"{path} is not a vlforget results file (no steps / requests lists)")
+    return results
 
 
 def respond(method: Method, samples: list[Sample]) -> list[str]:
@@ -85,7 +141,9 @@ class ContinualRun:
                  progress: Progress | None = None):
         self.out_dir = Path(out_dir)
         self.benchmark = benchmark
-        self.requests = benchmark.requests()[: limit or None]
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"--limit must be a whole number >= 1, got {limit!r}")
+        self.requests = benchmark.requests()[:limit]
         if not self.requests:
             raise ValueError("the request sequence is empty")
         self.method_name = method_name
@@ -125,7 +183,7 @@ class ContinualRun:
         path = self.out_dir / RESULTS_FILE
         if not path.exists():
             return self._fresh_results()
-        results = json.loads(path.read_text())
+        results = read_results(path)
         fresh = self._fresh_results()
         for key in ("method", "config", "benchmark_version", "benchmark_config", "requests"):
             if results.get(key) != fresh[key]:
@@ -133,7 +191,7 @@ class ContinualRun:
         check_same_backbone(results.get("backbone"), self.backbone, str(path))
         if results["steps"]:
             last = state_dir(self.out_dir, len(results["steps"]))
-            self.method.load(last)
+            self.method.load(last)  # verifies the tensors and the applied list against their checksums
             expected = [r.name for r in self.requests[: len(results["steps"])]]
             if self.method.applied != expected:
                 raise ValueError(f"saved state in {last} applied {self.method.applied}, expected {expected}")
@@ -193,8 +251,18 @@ class ContinualRun:
             write_json_atomic(self.out_dir / RESULTS_FILE, results)
         wait_for_everyone()
 
-    def run(self) -> dict[str, Any]:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+    def run(self, lock: bool = True) -> dict[str, Any]:
+        """Apply every request not applied yet, evaluating after each. `lock=False` when the
+        caller already holds `folder_lock(out_dir)` (the CLI takes it before loading the model)."""
+        if is_main_process():
+            prepare_out_dir(self.out_dir)
+        wait_for_everyone()
+        if not lock:
+            return self._run()
+        with folder_lock(self.out_dir):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         results = self._load_or_start()
         wait_for_everyone()  # every process has read the old results before any writes
         if results["base"] is None:

@@ -9,6 +9,7 @@ model, and its own state from earlier requests, never earlier requests' raw data
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vlforget import __version__
@@ -28,13 +30,29 @@ from vlforget.types import DeletionRequest
 
 STATE_FILE = "state.safetensors"
 META_FILE = "method.json"
+CHECKSUM_KEY = "sha256"
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def json_sha256(value: Any) -> str:
+    """SHA-256 of `value` as canonical JSON (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 @dataclass
 class MethodConfig:
     """Fields every method shares."""
 
-    seed: int = option(0, "seed for data order and initialisation; same seed, same results")
+    seed: int = option(0, "seed for data order and initialisation; same seed, same results", ge=0, lt=2**31)
     use_retain: bool = option(True, "let the method read the request's retain pairs; off = forget pairs only "
                               "(CORE's paper trains this way; `--dataset core` turns it off)")
 
@@ -97,24 +115,31 @@ class Method(ABC):
         self.applied.append(request.name)
 
     def save(self, directory: str | Path) -> None:
-        """Write state atomically: a temp folder first, then a rename."""
+        """Write state atomically: a temp folder first (unique per process), then a rename.
+
+        `method.json` records SHA-256 checksums of the tensors, of the applied request list
+        and of the JSON state, so `load` refuses a state whose parts were changed or do not
+        belong together."""
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=directory.parent))
         try:
             tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_tensors().items()}
             save_file(tensors, str(tmp / STATE_FILE))
+            state = self.state_json()
             meta = {
                 "method": self.name,
                 "vlforget_version": __version__,
                 "config": to_dict(self.config),
                 "applied": self.applied,
-                "state": self.state_json(),
+                "state": state,
+                CHECKSUM_KEY: {"tensors": tensors_sha256(tensors), "applied": json_sha256(self.applied),
+                               "state": json_sha256(state)},
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
             if directory.exists():
-                old = directory.with_name(directory.name + ".old")
-                os.replace(directory, old)
+                old = Path(tempfile.mkdtemp(prefix=f".old-{os.getpid()}-", dir=directory.parent))
+                os.replace(directory, old / "state")
                 os.replace(tmp, directory)
                 shutil.rmtree(old)
             else:
@@ -124,16 +149,38 @@ class Method(ABC):
                 shutil.rmtree(tmp)
 
     def load(self, directory: str | Path) -> None:
+        """Restore a state written by `save`; a damaged or inconsistent state is a ValueError naming the part."""
         directory = Path(directory)
         meta_path = directory / META_FILE
         if not meta_path.exists():
             raise FileNotFoundError(f"no saved method state in {directory} (missing {META_FILE})")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{meta_path} is not valid JSON ({error}); the state is damaged") from None
+        if not isinstance(meta, dict) or not {"method", "applied", "state", CHECKSUM_KEY} <= set(meta):
+            raise ValueError(f"{meta_path} lacks method, applied, state or {CHECKSUM_KEY}: not a complete "
+                             f"state of this vlforget version")
         if meta["method"] != self.name:
             raise ValueError(f"{directory} holds a {meta['method']!r} state, not {self.name!r}")
+        sums = meta[CHECKSUM_KEY] if isinstance(meta[CHECKSUM_KEY], dict) else {}
+        for part, value in (("applied", meta["applied"]), ("state", meta["state"])):
+            if json_sha256(value) != sums.get(part):
+                raise ValueError(f"{meta_path}: {part!r} does not match its checksum (edited or damaged); "
+                                 "the state cannot be trusted")
+        try:
+            tensors = load_file(str(directory / STATE_FILE))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no saved tensors in {directory} (missing {STATE_FILE})") from None
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ValueError(f"{directory / STATE_FILE} is not a readable safetensors file ({error}); "
+                             "the state is damaged") from None
+        if tensors_sha256(tensors) != sums.get("tensors"):
+            raise ValueError(f"{directory / STATE_FILE}: the tensors do not match the checksum in {META_FILE} "
+                             "(changed or damaged); the state cannot be trusted")
         self.applied = list(meta["applied"])
-        self.load_state_json(meta.get("state", {}))
-        self.load_state_tensors(load_file(str(directory / STATE_FILE)))
+        self.load_state_json(meta["state"])
+        self.load_state_tensors(tensors)
 
 
 # ------------------------------------------------------------------ registry

@@ -28,12 +28,12 @@ from vlforget.types import DeletionRequest
 
 @dataclass
 class FinetuneConfig(MethodConfig):
-    steps: int = option(60, "optimiser steps per request")
-    batch_size: int = option(16, "pairs per batch (forget and retain batches each)")
-    lr: float = option(1e-3, "AdamW learning rate of the LoRA parameters")
-    lora_rank: int = option(8, "LoRA rank on the language model's attention and MLP projections")
-    lora_alpha: float = option(16.0, "LoRA alpha (scale = alpha / rank)")
-    retain_weight: float = option(1.0, "weight of the retain term, for methods that have one")
+    steps: int = option(60, "optimiser steps per request", ge=0)
+    batch_size: int = option(16, "pairs per batch (forget and retain batches each)", ge=1)
+    lr: float = option(1e-3, "AdamW learning rate of the LoRA parameters", gt=0)
+    lora_rank: int = option(8, "LoRA rank on the language model's attention and MLP projections", ge=1)
+    lora_alpha: float = option(16.0, "LoRA alpha (scale = alpha / rank)", gt=0)
+    retain_weight: float = option(1.0, "weight of the retain term, for methods that have one", ge=0)
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.lora_rank < 1:

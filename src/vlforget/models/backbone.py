@@ -28,6 +28,7 @@ from typing import Sequence
 
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
 from vlforget.models.checkpoints import FORMAT_VERSION, META_FILE, builtin_path, checkpoint_meta, local_model_folder
 from vlforget.models.connector import PerImageConnector
@@ -94,16 +95,28 @@ class Backbone:
         path = builtin_path() if path is None else local_model_folder(path)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no model found in {path} (expected config.json, weights and tokenizer files)")
-        model_type = AutoConfig.from_pretrained(path).model_type
+        try:
+            model_type = AutoConfig.from_pretrained(path).model_type
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"model folder {path}: config.json is not a readable model config "
+                             f"({' '.join(str(error).split())[:300]})") from None
         family_of(model_type)  # an unsupported family is refused by name, before any weights load
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
-        tokenizer.padding_side = "left"
-        meta = checkpoint_meta(path, model_type, tokenizer)
-        if (path / META_FILE).exists():  # it overrides only the settings it names
-            meta.update(json.loads((path / META_FILE).read_text()))
         kwargs = {"dtype": dtype} if dtype is not None else {}
-        model = model_class(model_type).from_pretrained(path, **kwargs)
-        model.eval()
+        try:
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+            model = model_class(model_type).from_pretrained(path, **kwargs)
+            model.eval()
+        except (OSError, SafetensorError, RuntimeError, TypeError) as error:
+            raise ValueError(f"model folder {path}: could not load the weights or tokenizer "
+                             f"({' '.join(str(error).split())[:300]})") from None
+        tokenizer.padding_side = "left"
+        try:
+            meta = checkpoint_meta(path, model_type, tokenizer)
+            if (path / META_FILE).exists():  # it overrides only the settings it names
+                meta.update(json.loads((path / META_FILE).read_text()))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"model folder {path}: {META_FILE} or preprocessor_config.json is not valid JSON "
+                             f"({error})") from None
         backbone = cls(model, tokenizer, device, meta)
         backbone.source, backbone.folder = source, path  # recorded by runs (models/identity.py)
         return backbone

@@ -10,13 +10,13 @@ from __future__ import annotations
 import ast
 import base64
 import hashlib
-import io
 import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from vlforget.data.images import open_rgb
 from vlforget.types import Concepts, DeletionRequest, Sample
 
 PARQUET_HINT = "reading parquet files needs pyarrow (or pandas): pip install pyarrow"
@@ -105,21 +105,11 @@ def load_image(path: str | Path) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"corrupt or unreadable image file {path}: {error}") from error
+    return open_rgb(path, str(path), "corrupt or unreadable image file")
 
 
 def load_image_bytes(blob: bytes, where: str) -> Image.Image:
-    try:
-        with Image.open(io.BytesIO(blob)) as image:
-            image.load()
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"corrupt or unreadable image in {where}: {error}") from error
+    return open_rgb(blob, f"in {where}", "corrupt or unreadable image")
 
 
 # -------------------------------------------------------------------------- tables

@@ -1,11 +1,17 @@
 """The concept layer: cheap frozen embeddings -> similarity with each request's concepts.
 
-Per request, two linear maps, fit by ridge regression (closed form, deterministic):
+Per request, two linear maps:
 - visual: per patch, vision features (what the connector receives anyway) -> the
-  scorer's similarity of that patch with each of the request's visual descriptions;
-- textual: the instruction embedding (mean of the frozen language model's input token
-  embeddings, a table lookup) -> MiniLM's similarity of the instruction with each of
-  the request's textual descriptions.
+  similarity of that patch with each of the request's visual descriptions. With
+  `visual_scores="scorer"` (the default) the patches first go through the aligned
+  scorer's own image projection (`ConceptBank.project`) and the map is the
+  descriptions' scorer embeddings; with `"distilled"` it is a ridge fit (closed form,
+  deterministic) of the scorer's similarities;
+- textual: the instruction's hashed bag of token unigrams and bigrams
+  (`CoreMethod.instruction_features`, a table lookup; `text_buckets` wide) -> MiniLM's
+  similarity of the instruction with each of the request's textual descriptions, a
+  ridge fit, optionally refined by a per-request linear correction on the same bag
+  (`ut`, `text_tuning_steps`).
 At inference a request's visual score is the max over patches of the mean of its
 top-quarter description scores (an object concept lives in one cell; alternatives such
 as "three or seven" are OR-ed), its textual score the same mean without the patch max.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import warnings
 from importlib import resources
@@ -196,8 +197,9 @@ def save_scorer(scorer: Scorer, folder: str | Path, meta: dict | None = None) ->
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in scorer.state_dict().items()}
-    save_file(state, str(folder / "scorer.safetensors.tmp"))
-    Path(folder / "scorer.safetensors.tmp").replace(folder / "scorer.safetensors")
+    tmp = folder / f".scorer-{os.getpid()}.safetensors.tmp"  # per process: two writers never share it
+    save_file(state, str(tmp))
+    tmp.replace(folder / "scorer.safetensors")
     info = {"vision_fingerprint": getattr(scorer, "fingerprint", None),
             "vision_dim": scorer.image_proj.in_features, **(meta or {})}
     (folder / "scorer.json").write_text(json.dumps(info, indent=2) + "\n")

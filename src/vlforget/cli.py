@@ -335,7 +335,11 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
             utility: Optional[Path] = typer.Option(None, help=UTILITY_HELP),
             utility_limit: Optional[int] = typer.Option(None, help=UTILITY_LIMIT_HELP),
             device: str = typer.Option("auto", help=DEVICE_HELP),
-            dtype: str = typer.Option("auto", help=DTYPE_HELP)):
+            dtype: str = typer.Option("auto", help=DTYPE_HELP),
+            attacks: Optional[str] = typer.Option(None, help="then attack every method's last state with these "
+                                                  "attacks ('all' or comma-separated, see `vlforget attack`) and "
+                                                  "write OUT/robustness.md"),
+            attack_config: Optional[Path] = typer.Option(None, help="with --attacks: JSON/YAML attack settings")):
     """Run several methods on the same sequence and print one side-by-side table."""
     from vlforget.configs import build_config
     from vlforget.methods import method_class
@@ -346,6 +350,7 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
         raise ValueError("--methods needs at least one method name")
     if len(set(names)) != len(names):
         raise ValueError(f"--methods names a method twice: {methods}")
+    attack_names = _attack_names(attacks, attack_config)  # fail on a typo before hours of running
     per_method = _overrides(config)
     for key, fields in per_method.items():
         if not isinstance(fields, dict):
@@ -364,14 +369,54 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
                           overrides=per_method.get(name), placement=placement, benchmark=benchmark,
                           core_repo=core_repo)
             for name in names}
+    from vlforget.methods.training import is_main_process
+
+    if attack_names and is_main_process():  # before the report, so it shows every run's attacks table
+        _robustness(names, out, attack_names, attack_config, model, device, dataset, data)
     _finish(runs, {name: out / name for name in names}, out, "Comparison")
     from vlforget.evaluation.report import markdown_summary, mode_markdown
-
-    from vlforget.methods.training import is_main_process
 
     if is_main_process():
         (out / "comparison.md").write_text(markdown_summary(runs) + mode_markdown(runs))
         console.print(f"table: {out / 'comparison.md'}")
+
+
+def _attack_names(attacks: Optional[str], attack_config: Optional[Path]) -> list[str]:
+    if attacks is None:
+        if attack_config is not None:
+            raise ValueError("--attack-config needs --attacks")
+        return []
+    from vlforget.configs import build_config
+    from vlforget.evaluation.attacks.runner import parse_attack_names
+    from vlforget.evaluation.attacks.target import AttackConfig
+
+    build_config(AttackConfig, _overrides(attack_config), where=f"{attack_config}")
+    return parse_attack_names(attacks)
+
+
+def _robustness(names: list[str], out: Path, attack_names: list[str], attack_config: Optional[Path],
+                model: Optional[str], device: str, dataset: Optional[str] = None, data: Optional[Path] = None) -> None:
+    """Attack each method's last state (attacks already saved for that step are reused) and write OUT/robustness.md."""
+    from vlforget.configs import build_config, to_dict
+    from vlforget.evaluation.attacks.runner import run_attacks
+    from vlforget.evaluation.attacks.tables import read_attacks, robustness_markdown, robustness_row
+    from vlforget.evaluation.attacks.target import AttackConfig, load_target
+
+    settings = build_config(AttackConfig, _overrides(attack_config), where=f"{attack_config}")
+    rows = []
+    for name in names:
+        run_dir = out / name
+        saved = read_attacks(run_dir)
+        done = len(json.loads((run_dir / "results.json").read_text())["steps"])
+        todo = [a for a in attack_names if not (a in saved and saved[a]["step"] == done
+                                                and saved[a]["config"] == to_dict(settings))]
+        if todo:
+            target = load_target(run_dir, None, settings, model, dataset, data, placement=_placement(device, "auto"))
+            run_attacks(target, todo, progress=lambda a, n=name: err.print(f"[dim]attack: {n} {a}[/]", highlight=False))
+            _refresh_report(run_dir)
+        rows.append(robustness_row(name, read_attacks(run_dir)))
+    (out / "robustness.md").write_text(robustness_markdown(rows))
+    console.print(f"robustness: {out / 'robustness.md'}")
 
 
 @app.command()
@@ -637,6 +682,50 @@ def serve(data_dir: Path = typer.Option(Path("vlforget-data"), help="uploads, me
     from vlforget.serving.app import create_app
 
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@app.command()
+@user_errors
+def attack(run_dir: Path = typer.Argument(..., help="a run folder written by `vlforget run` (or OUT/<method> of compare)"),
+           step: Optional[int] = typer.Option(None, help="attack the state after this step (default: the last)"),
+           attack: Optional[str] = typer.Option(None, "--attack", help="comma-separated attacks (default: all): "
+                                                "perturbations, pgd, relearning, quantisation, membership, crossmodal"),
+           config: Optional[Path] = typer.Option(None, help="JSON/YAML file of attack settings (pairs_per_request, "
+                                                 "pgd_epsilon, relearn_steps, ...; see docs/metrics.md)"),
+           model: Optional[str] = typer.Option(None, help="backbone checkpoint folder the run used"),
+           dataset: Optional[str] = typer.Option(None, help="for a run on a loaded benchmark: its format"),
+           data: Optional[Path] = typer.Option(None, help="with --dataset: the folder or file holding it"),
+           device: str = typer.Option("cpu", help=DEVICE_HELP)):
+    """Attack a saved state: does the forgetting hold? Writes RUN/attacks/<name>.json and the report's table."""
+    from vlforget.configs import build_config
+    from vlforget.evaluation.attacks.runner import parse_attack_names, run_attacks
+    from vlforget.evaluation.attacks.tables import show
+    from vlforget.evaluation.attacks.target import AttackConfig, load_target
+
+    names = parse_attack_names(attack)  # fail on a typo before loading anything
+    settings = build_config(AttackConfig, _overrides(config), where=f"{config}")
+    target = load_target(run_dir, step, settings, model, dataset, data, _placement(device, "auto"))
+    records = run_attacks(target, names, progress=lambda name: err.print(f"[dim]attack: {name}[/]", highlight=False))
+    from rich import box
+
+    table = Table(title=f"Attacks on {target.results['method']} after step {target.step}", box=box.SIMPLE_HEAD)
+    table.add_column("attack", no_wrap=True)
+    table.add_column("numbers")
+    for name, record in records.items():
+        table.add_row(name, "; ".join(f"{k}: {show(v)}" for k, v in record["headline"].items()))
+    console.print(table)
+    _refresh_report(run_dir)
+    console.print(f"attack results: {run_dir / 'attacks'}")
+
+
+def _refresh_report(run_dir: Path) -> None:
+    """Rewrite the run's report so it carries the attacks table (the run's results are unchanged)."""
+    from vlforget.evaluation.report import write_report
+    from vlforget.evaluation.runner import RESULTS_FILE
+
+    results = json.loads((run_dir / RESULTS_FILE).read_text())
+    write_report({results["method"]: results}, {results["method"]: run_dir}, run_dir,
+                 title=f"vlforget summary: {results['method']}")
 
 
 def main() -> None:  # pragma: no cover

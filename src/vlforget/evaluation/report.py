@@ -174,6 +174,18 @@ def _examples_html(results: dict, run_dir: Path) -> str:
     return f"<h3>{html.escape(results['method'])}: examples before and after</h3><div class='exs'>{''.join(cells)}</div>"
 
 
+def _attacks_html(run_dir: Path) -> str:
+    """The run's attack results (`vlforget attack`), if any were saved."""
+    from vlforget.evaluation.attacks.tables import attack_rows, read_attacks
+
+    rows = attack_rows(read_attacks(run_dir))
+    if not rows:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("attack", "step", "requests", "numbers (docs/metrics.md, Attacks)"))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<h3>Attacks: does the forgetting hold?</h3><table class='attacks'><tr>{head}</tr>{body}</table>"
+
+
 def write_report(runs: dict[str, dict], run_dirs: dict[str, Path], out_dir: Path, title: str = "vlforget report") -> Path:
     """Write `report.html` and `summary.md` into out_dir; returns the HTML path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -195,6 +207,7 @@ def write_report(runs: dict[str, dict], run_dirs: dict[str, Path], out_dir: Path
         seconds = (results.get("summary") or {}).get("unlearn_seconds") or []
         parts.append("<p>seconds per request: " + ", ".join(f"{s:.1f}" for s in seconds) + "</p>")
         parts.append(_examples_html(results, run_dirs[name]))
+        parts.append(_attacks_html(run_dirs[name]))
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 6px;font-size:12px}.plot{max-width:100%}"
              ".exs{display:flex;flex-wrap:wrap}.ex{display:flex;gap:6px;width:360px;margin:4px;font-size:12px}"

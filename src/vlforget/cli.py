@@ -40,8 +40,13 @@ def user_errors(fn):
     return wrapper
 
 
+VERSION_HELP = ("built-in benchmark version: 2 (request/evaluation phrasings, pressure view) or 1 "
+                "(reproduces v1 results bit for bit, with the v1 built-in model)")
+
+
 def _benchmark(seed: int, tasks: Optional[Path], paraphrases: Optional[Path],
-               dataset: Optional[str] = None, data: Optional[Path] = None):
+               dataset: Optional[str] = None, data: Optional[Path] = None, version: int = 2,
+               sequence: str = "test"):
     from vlforget.data.benchmark import Benchmark, BenchmarkConfig
 
     if dataset or data:
@@ -52,7 +57,8 @@ def _benchmark(seed: int, tasks: Optional[Path], paraphrases: Optional[Path],
         return LoadedSequence(dataset, data)
 
     return Benchmark(BenchmarkConfig(seed=seed, requests_file=str(tasks) if tasks else None,
-                                     paraphrases_file=str(paraphrases) if paraphrases else None))
+                                     paraphrases_file=str(paraphrases) if paraphrases else None,
+                                     version=version, sequence=sequence))
 
 
 DEVICE_HELP = "where the model runs: auto (a GPU when present, else CPU), cpu, cuda or cuda:N"
@@ -70,10 +76,12 @@ def _placement(device: str, dtype: str) -> tuple:
     return where, precision
 
 
-def _backbone_loader(model: Optional[str], placement: tuple = ("cpu", None)):
+def _backbone_loader(model: Optional[str], placement: tuple = ("cpu", None), version: int = 2):
+    """Loads `model`, or the built-in model of benchmark `version` (v1 keeps its own)."""
     from vlforget.models.backbone import Backbone
+    from vlforget.models.checkpoints import builtin_path
 
-    return lambda: Backbone.load(model, *placement)
+    return lambda: Backbone.load(model if model is not None else builtin_path(version), *placement)
 
 
 def _overrides(config: Optional[Path]) -> dict:
@@ -126,18 +134,20 @@ def _finish(runs: dict[str, dict], dirs: dict[str, Path], out: Path, title: str 
 def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path], tasks: Optional[Path],
             seed: int, paraphrases: Optional[Path], limit: Optional[int], judge_name: str,
             dataset: Optional[str] = None, data: Optional[Path] = None, overrides: Optional[dict] = None,
-            placement: tuple = ("cpu", None)) -> dict:
+            placement: tuple = ("cpu", None), version: int = 2, sequence: str = "test",
+            quiet: bool = False, with_views: bool = True) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vlforget.evaluation.judge import make_judge
     from vlforget.evaluation.runner import ContinualRun
 
     overrides = {"seed": seed, **(overrides or {}), **_overrides(config)}
-    run = ContinualRun(method, _benchmark(seed, tasks, paraphrases, dataset, data), out,
-                       _backbone_loader(model, placement), overrides, make_judge(judge_name), limit)
+    run = ContinualRun(method, _benchmark(seed, tasks, paraphrases, dataset, data, version, sequence), out,
+                       _backbone_loader(model, placement, version), overrides, make_judge(judge_name), limit,
+                       with_views=with_views)
     from vlforget.methods.training import is_main_process
 
-    if not is_main_process():
+    if not is_main_process() or quiet:
         return run.run()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
@@ -198,11 +208,12 @@ def run(method: str = typer.Option(DEFAULT_METHOD, help="registered method name 
                                               "mllmu, clear, fiubench, llava_json, jsonl, parquet"),
         data: Optional[Path] = typer.Option(None, help="with --dataset: the folder or file holding it"),
         device: str = typer.Option("auto", help=DEVICE_HELP),
-        dtype: str = typer.Option("auto", help=DTYPE_HELP)):
+        dtype: str = typer.Option("auto", help=DTYPE_HELP),
+        benchmark_version: int = typer.Option(2, help=VERSION_HELP)):
     """Run one method over the request sequence (resumes an interrupted run in --out)."""
     placement = _placement(device, dtype)
     results = run_one(method, out, model, config, tasks, seed, paraphrases, limit, judge, dataset, data,
-                      placement=placement)
+                      placement=placement, version=benchmark_version)
     _finish({method: results}, {method: out}, out)
 
 
@@ -217,9 +228,16 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
             judge: str = typer.Option("minilm", help="refusal judge: minilm or lexical"),
             config: Optional[Path] = typer.Option(None, help="JSON/YAML file: method name -> its config overrides"),
             device: str = typer.Option("auto", help=DEVICE_HELP),
-            dtype: str = typer.Option("auto", help=DTYPE_HELP)):
+            dtype: str = typer.Option("auto", help=DTYPE_HELP),
+            benchmark_version: int = typer.Option(2, help=VERSION_HELP),
+            tuned: Path = typer.Option(Path("results/tuned"), help="tuning records (`vlforget tune`): a method "
+                                       "with one runs at its chosen settings, under --config's overrides"),
+            defaults: bool = typer.Option(False, "--defaults", help="ignore tuning records: every method at its "
+                                          "defaults (plus --config)")):
     """Run several methods on the same sequence and print one side-by-side table."""
     from vlforget.configs import build_config, read_mapping
+    from vlforget.data.benchmark import BENCHMARK_VERSIONS
+    from vlforget.evaluation.tuning import tuned_overrides
     from vlforget.methods import method_class
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -227,12 +245,20 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
     for key in per_method:
         if key not in names:
             raise ValueError(f"{config}: {key!r} is not one of --methods" + did_you_mean(key, names))
+    settings, notes = {}, []
     for name in names:
         cls = method_class(name)  # fail fast on a typo, before hours of running
-        build_config(cls.config_class, per_method.get(name), where=f"{config} ({name})")
+        chosen, note = (None, f"{name}: defaults (--defaults)") if defaults else tuned_overrides(
+            tuned, name, BENCHMARK_VERSIONS.get(benchmark_version, ""))
+        settings[name] = {**(chosen or {}), **(per_method.get(name) or {})}
+        notes.append(note + (f"; --config sets {json.dumps(per_method[name], sort_keys=True)}"
+                             if per_method.get(name) else ""))
+        build_config(cls.config_class, settings[name], where=f"{config} ({name})")
+    for note in notes:
+        console.print(f"[dim]{escape(note)}[/]", highlight=False)
     placement = _placement(device, dtype)
     runs = {name: run_one(name, out / name, model, None, tasks, seed, None, limit, judge,
-                          overrides=per_method.get(name), placement=placement)
+                          overrides=settings[name], placement=placement, version=benchmark_version)
             for name in names}
     _finish(runs, {name: out / name for name in names}, out, "Comparison")
     from vlforget.evaluation.report import markdown_summary
@@ -240,8 +266,43 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
     from vlforget.methods.training import is_main_process
 
     if is_main_process():
-        (out / "comparison.md").write_text(markdown_summary(runs))
+        settings_note = "\n".join(f"- {note}" for note in notes)
+        (out / "comparison.md").write_text(markdown_summary(runs) + "\nSettings:\n\n" + settings_note + "\n")
         console.print(f"table: {out / 'comparison.md'}")
+
+
+@app.command()
+@user_errors
+def tune(method: str = typer.Option(..., help="registered method name (its grid: vlforget/methods/tuning_grids.py)"),
+         out: Path = typer.Option(Path("results/tuned"), help="folder for METHOD.json / METHOD.md (the record)"),
+         work: Path = typer.Option(Path("runs/tune"), help="folder for the grid points' runs (METHOD/point-*)"),
+         seed: int = typer.Option(0, help="seed for the benchmark and the method"),
+         limit: Optional[int] = typer.Option(None, help="only the first N validation requests (quick checks)"),
+         judge: str = typer.Option("minilm", help="refusal judge: minilm or lexical"),
+         device: str = typer.Option("auto", help=DEVICE_HELP),
+         dtype: str = typer.Option("auto", help=DTYPE_HELP)):
+    """Tune a method: its grid on the validation sequence (never the test one), one rule, resumable."""
+    from vlforget.data.benchmark import BENCHMARK_VERSIONS
+    from vlforget.evaluation.tuning import RULE
+    from vlforget.evaluation.tuning import tune as run_tuning
+    from vlforget.methods import method_class
+    from vlforget.methods.tuning_grids import grid_for
+
+    cls = method_class(method)
+    grid = grid_for(method)
+    placement = _placement(device, dtype)
+    n_requests = len(_benchmark(seed, None, None, version=2, sequence="validation").specs)
+
+    def run_point(overrides: dict, folder: Path) -> dict:
+        return run_one(method, folder, None, None, None, seed, None, limit, judge, overrides=overrides,
+                       placement=placement, version=2, sequence="validation", quiet=True, with_views=False)
+
+    console.print(f"tuning {method}: {len(grid)} grid points on the validation sequence; rule: {RULE}",
+                  highlight=False)
+    record = run_tuning(method, grid, run_point, out, work / method, BENCHMARK_VERSIONS[2], seed, cls.refuses,
+                        min(limit or n_requests, n_requests), log=lambda m: console.print(m, highlight=False))
+    console.print(f"chosen: {json.dumps(record['chosen'], sort_keys=True)}  record: {out / (method + '.json')}",
+                  highlight=False)
 
 
 @app.command()
@@ -263,28 +324,38 @@ def base_eval(model: Optional[str] = typer.Option(None, help="backbone checkpoin
               config: Optional[Path] = typer.Option(None, help="JSON/YAML file of benchmark config fields "
                                                     "(e.g. n_general_test)"),
               device: str = typer.Option("auto", help=DEVICE_HELP),
-              dtype: str = typer.Option("auto", help=DTYPE_HELP)):
-    """Per-intent exact match and refusal rates of a model on the held-out general split."""
+              dtype: str = typer.Option("auto", help=DTYPE_HELP),
+              benchmark_version: int = typer.Option(2, help=VERSION_HELP)):
+    """Per-intent exact match and refusal rates of a model on the held-out general split.
+
+    Benchmark v2: the top-level numbers are on evaluation phrasings (what users ask);
+    `phrasings` holds the same report for each phrasing group and the pressure view."""
     from vlforget.configs import build_config
     from vlforget.data.benchmark import Benchmark, BenchmarkConfig
-    from vlforget.models.backbone import Backbone
-    from vlforget.models.evaluate import base_eval as evaluate
+    from vlforget.models.evaluate import base_eval_views
 
-    bench = Benchmark(build_config(BenchmarkConfig, {"seed": seed, **_overrides(config)}, where=f"{config}"))
-    report = evaluate(Backbone.load(model, *_placement(device, dtype)), bench.general_test())
+    bench = Benchmark(build_config(BenchmarkConfig, {"seed": seed, "version": benchmark_version,
+                                                     **_overrides(config)}, where=f"{config}"))
+    backbone = _backbone_loader(model, _placement(device, dtype), bench.config.version)()
+    report = base_eval_views(backbone, bench)
     if as_json:
         print(json.dumps(report, indent=1))
         return
     table = Table(title="Base model on the held-out general split")
     table.add_column("key")
     table.add_column("value", justify="right")
+    for key, value in _flatten(report):
+        table.add_row(key, f"{value:.1f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def _flatten(report: dict, prefix: str = ""):
+    """(dotted key, value) for every leaf of a nested report."""
     for key, value in report.items():
         if isinstance(value, dict):
-            for k, v in value.items():
-                table.add_row(f"{key}.{k}", f"{v:.1f}" if isinstance(v, float) else str(v))
+            yield from _flatten(value, f"{prefix}{key}.")
         else:
-            table.add_row(key, f"{value:.1f}" if isinstance(value, float) else str(value))
-    console.print(table)
+            yield f"{prefix}{key}", value
 
 
 def _load_image(path: Path):

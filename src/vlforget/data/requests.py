@@ -29,6 +29,8 @@ from vlforget.data.instructions import INTENTS
 from vlforget.data.scenes import BACKGROUNDS, CATEGORIES, COLOURS, PATTERNS, SIZES, Scene
 
 MODES = ("both", "visual", "textual", "either")
+# Benchmark v2's validation sequence (tuning only; see the file's header).
+VALIDATION_REQUESTS = str(resources.files("vlforget.data").joinpath("validation_requests.yaml"))
 VISUAL_KEYS = {"shape": CATEGORIES, "colour": list(COLOURS), "size": list(SIZES), "pattern": PATTERNS,
                "background": list(BACKGROUNDS)}
 

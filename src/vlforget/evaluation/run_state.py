@@ -27,6 +27,11 @@ def load_run_state(run_dir: Path, step: int | None = None, model: str | None = N
     step = done if step is None else step
     if not 0 <= step <= done:
         raise ValueError(f"step {step} is not available in {run_dir}; it has steps 0..{done}")
+    if model is None:  # the built-in model of the benchmark version the run used
+        from vlforget.models.checkpoints import builtin_path
+
+        # A loaded dataset (benchmark_version "<format>-loaded") ran on the current built-in model.
+        model = str(builtin_path({"1.0": 1, "2.0": 2}.get(results.get("benchmark_version"))))
     method = make_method(results["method"], Backbone.load(model, *placement),
                          {**results["config"], **(overrides or {})})
     if step:

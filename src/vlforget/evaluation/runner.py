@@ -2,7 +2,10 @@
 
 After each request the runner evaluates the forget test pairs of every request seen
 so far, the retain test pairs of every request in the sequence, and the utility split
-(general pairs no request targets). It saves the method's state after every step and
+(general pairs no request targets). On benchmark v2 these are in evaluation phrasings
+(the headline numbers), and the same pairs are evaluated again in every extra view
+(request phrasings; pressure sentences), recorded under each step's `views` and
+`summary.views`. It saves the method's state after every step and
 rewrites `results.json` atomically, so an interrupted run resumes where it stopped
 and never applies a request twice.
 
@@ -78,7 +81,7 @@ class ContinualRun:
 
     def __init__(self, method_name: str, benchmark, out_dir: str | Path, backbone_loader,
                  method_overrides: dict | None = None, judge=None, limit: int | None = None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, with_views: bool = True):
         self.out_dir = Path(out_dir)
         self.benchmark = benchmark
         self.requests = benchmark.requests()[: limit or None]
@@ -89,6 +92,7 @@ class ContinualRun:
         self.judge = judge
         self.progress = progress or (lambda event, info: None)
         self.contexts = {r.name: r.refusals + [r.description] for r in self.requests}
+        self.with_views = with_views  # False: headline only (tuning reads nothing else)
 
     # -- results file ----------------------------------------------------------------------
     def _fresh_results(self) -> dict[str, Any]:
@@ -99,6 +103,7 @@ class ContinualRun:
             "benchmark_config": self.benchmark.config if isinstance(self.benchmark.config, dict)
             else asdict(self.benchmark.config),
             "method": self.method_name,
+            "refuses": self.method.refuses,  # False: CRR/dRR are not meaningful (tables show n/a)
             "config": to_dict(self.method.config),
             "seed": self.method.config.seed,
             "machine": machine_info(),
@@ -129,27 +134,53 @@ class ContinualRun:
         return results
 
     # -- evaluation ----------------------------------------------------------------------------
-    def evaluate(self, step: int, utility_base: float) -> dict[str, Any]:
+    def views(self) -> list[str]:
+        """The benchmark's extra views of the test pairs (v2: request phrasings, pressure)."""
+        return self.benchmark.views() if self.with_views and hasattr(self.benchmark, "views") else []
+
+    def _split(self, request, view: str | None) -> tuple[list[Sample], list[Sample]]:
+        if view is None:
+            return request.forget_test, request.retain_test
+        return self.benchmark.test_view(request, view)
+
+    def _utility(self, view: str | None) -> list[Sample]:
+        return self.benchmark.utility_split() if view is None else self.benchmark.utility_view(view)
+
+    def evaluate(self, step: int, utility_base: float, view: str | None = None) -> dict[str, Any]:
+        """Metrics after `step` on the headline test pairs (`view` None) or on one extra view."""
         seen = self.requests[:step]
         forget = {}
         for r in seen:
-            responses = respond(self.method, r.forget_test)
-            forget[r.name] = [(resp, s.meta.get("original_answer", "")) for resp, s in zip(responses, r.forget_test)]
+            pairs = self._split(r, view)[0]
+            responses = respond(self.method, pairs)
+            forget[r.name] = [(resp, s.meta.get("original_answer", "")) for resp, s in zip(responses, pairs)]
         retain = {}
         for r in self.requests:
-            responses = respond(self.method, r.retain_test)
-            retain[r.name] = [(resp, s.answer) for resp, s in zip(responses, r.retain_test)]
-        utility = self.benchmark.utility_split()
+            pairs = self._split(r, view)[1]
+            responses = respond(self.method, pairs)
+            retain[r.name] = [(resp, s.answer) for resp, s in zip(responses, pairs)]
+        utility = self._utility(view)
         utility_acc = exact_match(respond(self.method, utility), [s.answer for s in utility])
         metrics = step_metrics(forget, retain, utility_acc, utility_base, self.judge, self.contexts)
         if not utility:
             metrics["s"] = None  # no general held-out data: utility is not measured
         return metrics
 
+    def evaluate_views(self, step: int, base: dict[str, Any]) -> dict[str, Any]:
+        """The headline metrics of every extra view (per-request breakdowns left out: size)."""
+        out = {}
+        for view in self.views():
+            metrics = self.evaluate(step, base["views"][view]["utility_accuracy"], view)
+            out[view] = {k: v for k, v in metrics.items() if k != "per_request"}
+        return out
+
     @staticmethod
     def _summary(results: dict[str, Any]) -> dict[str, Any]:
         summary = summarize(results["steps"])
         summary["unlearn_seconds"] = [s["unlearn_seconds"] for s in results["steps"]]
+        views = sorted({v for s in results["steps"] for v in s.get("views", {})})
+        if views:
+            summary["views"] = {v: summarize([s["views"][v] for s in results["steps"]]) for v in views}
         return summary
 
     def _example_samples(self) -> list[tuple[str, str, Sample]]:
@@ -199,6 +230,12 @@ class ContinualRun:
                 raise ValueError("cannot measure the base model: the state already has requests applied")
             results["base"] = {"utility_accuracy": exact_match(responses, [s.answer for s in utility]),
                                "utility_size": len(utility)}
+            if self.views():  # the base model's utility in every view: S of each view is relative to it
+                results["base"]["views"] = {}
+                for view in self.views():
+                    pairs = self._utility(view)
+                    results["base"]["views"][view] = {
+                        "utility_accuracy": exact_match(respond(self.method, pairs), [s.answer for s in pairs])}
             self._record_examples_before(results)
             self._write(results)
         base_acc = results["base"]["utility_accuracy"]
@@ -215,6 +252,8 @@ class ContinualRun:
             self.progress("evaluate", {"step": t, "request": request.name})
             began_eval = time.perf_counter()
             metrics = self.evaluate(t, base_acc)
+            if self.views():
+                metrics["views"] = self.evaluate_views(t, results["base"])
             record = {
                 "step": t,
                 "request": request.name,

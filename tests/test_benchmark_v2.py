@@ -122,3 +122,20 @@ def test_v1_keeps_its_own_built_in_model():
     assert builtin_path(1) != builtin_path(2) == builtin_path()
     for version in (1, 2):
         assert (builtin_path(version) / "model.safetensors").exists()
+
+
+def test_base_eval_json_reports_both_phrasing_groups_and_the_pressure_view(tmp_path):
+    from typer.testing import CliRunner
+
+    from vlforget.cli import app
+
+    config = tmp_path / "bench.yaml"
+    config.write_text("n_general_test: 30\n")
+    result = CliRunner().invoke(app, ["base-eval", "--json", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["benchmark_version"] == "2.0" and set(report["phrasings"]) == {"evaluation", "request", "pressure"}
+    assert report["exact_match"] == report["phrasings"]["evaluation"]["exact_match"]
+    assert all(report["phrasings"][g]["n"] == 30 for g in report["phrasings"])
+    result = CliRunner().invoke(app, ["base-eval", "--json", "--config", str(config), "--benchmark-version", "1"])
+    assert result.exit_code == 0 and "phrasings" not in json.loads(result.output)

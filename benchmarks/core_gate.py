@@ -1,6 +1,7 @@
 """How well CORE's gate separates forget queries from everything else (no refusers trained).
 
-Applies every request of the built-in sequence with `steps=0` (concept layer, modulator
+Applies every request of benchmark v2's *validation* sequence (the tuning split; the
+test sequence never chooses a setting) with `steps=0` (concept layer, modulator
 and router only, seconds per request), then reads the modulator's relevance on each
 request's forget/retain test pairs and on the utility split. Upper bounds of what the
 refusers can reach: a forget pair counts when its own request has the highest relevance
@@ -23,7 +24,7 @@ from collections import Counter
 
 import torch
 
-from vlforget.data.benchmark import Benchmark
+from vlforget.data.benchmark import Benchmark, BenchmarkConfig
 from vlforget.methods import make_method
 from vlforget.models.backbone import Backbone
 
@@ -32,7 +33,7 @@ def main() -> None:
     overrides = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     backbone = Backbone.load()
     core = make_method("core", backbone, {"steps": 0, "router_steps": 5, **overrides})
-    bench = Benchmark()
+    bench = Benchmark(BenchmarkConfig(sequence="validation"))
     requests = bench.requests()
     began = time.perf_counter()
     for request in requests:

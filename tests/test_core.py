@@ -18,6 +18,7 @@ from vlforget.methods.core.concepts import Decomposer
 from vlforget.methods.core.refusers import RefuserPool
 from vlforget.methods.core.router import load_vector, pick_refusers, route, routing_losses
 from vlforget.models.backbone import Backbone
+from vlforget.models.checkpoints import builtin_path
 
 # textual_exemplars on: with these three small requests it puts blue-count's similarity to
 # red-count above similar_threshold (0.5; 0.47 without), which the reuse test needs.
@@ -25,10 +26,20 @@ FAST = {"steps": 60, "batch_size": 12, "lr": 0.03, "textual_exemplars": True}
 NAMES = ("star-identity", "red-count", "blue-count")
 
 
+# These tests check CORE's mechanisms (reuse, gating, refusal in context) on benchmark v1's
+# data and model, where their thresholds were set; how CORE generalises to v2's unseen
+# phrasings is what the benchmark measures (docs/benchmark.md), not a unit-test threshold.
+V1 = 1
+
+
 @pytest.fixture(scope="module")
 def bench():
     return Benchmark(BenchmarkConfig(seed=3, n_forget_train=16, n_forget_test=10, n_retain_train=16,
-                                     n_retain_test=10, n_utility=40))
+                                     n_retain_test=10, n_utility=40, version=V1))
+
+
+def _backbone():
+    return Backbone.load(builtin_path(V1))
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +51,7 @@ def requests(bench):
 @pytest.fixture(scope="module")
 def trained(requests):
     torch.set_num_threads(2)
-    core = make_method("core", Backbone.load(), FAST)
+    core = make_method("core", _backbone(), FAST)
     for r in requests:
         core.unlearn(r)
     return core
@@ -188,7 +199,7 @@ def test_pick_reuses_the_preferred_used_refuser_and_takes_fresh_ones():
 
 
 def test_a_later_request_leaves_the_shared_refuser_untouched(requests):
-    core = make_method("core", Backbone.load(), {**FAST, "steps": 5})
+    core = make_method("core", _backbone(), {**FAST, "steps": 5})
     core.unlearn(requests[1])  # red-count
     before = {k: v.clone() for k, v in core.pool.state_dict().items()}
     core.unlearn(requests[2])  # blue-count reads one of red-count's refusers
@@ -238,7 +249,7 @@ def test_save_load_round_trip(trained, requests, bench, tmp_path):
     probe = [s for r in requests for s in r.forget_test[:4] + r.retain_test[:4]] + bench.utility_split()[:8]
     before = _answers(trained, probe)
     trained.save(tmp_path / "core")
-    fresh = make_method("core", Backbone.load(), FAST)
+    fresh = make_method("core", _backbone(), FAST)
     fresh.load(tmp_path / "core")
     assert fresh.applied == list(NAMES)
     assert _answers(fresh, probe) == before

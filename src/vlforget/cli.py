@@ -61,14 +61,20 @@ def check_cli_numbers(limit: Optional[int] = None, seed: Optional[int] = None, s
         raise ValueError(f"--step must be >= 0 (0 = the base model), got {step}")
 
 
+VERSION_HELP = ("built-in benchmark version: 2 (request/evaluation phrasings, pressure view) or 1 "
+                "(reproduces v1 results bit for bit, with the v1 built-in model)")
+
+
 def _benchmark(seed: int, tasks: Optional[Path], paraphrases: Optional[Path],
                dataset: Optional[str] = None, data: Optional[Path] = None, data_options: Optional[dict] = None,
-               utility: Optional[Path] = None, utility_limit: Optional[int] = None):
+               utility: Optional[Path] = None, utility_limit: Optional[int] = None, version: int = 2,
+               sequence: str = "test"):
     if utility is not None:  # S from a general benchmark file instead of the sequence's own split
         from vlforget.data.utility import WithUtility, load_utility
 
         samples = load_utility(utility, utility_limit)
-        return WithUtility(_benchmark(seed, tasks, paraphrases, dataset, data, data_options), samples, utility)
+        return WithUtility(_benchmark(seed, tasks, paraphrases, dataset, data, data_options, version=version,
+                                      sequence=sequence), samples, utility)
     from vlforget.data.benchmark import Benchmark, BenchmarkConfig
 
     if dataset or data:
@@ -83,7 +89,8 @@ def _benchmark(seed: int, tasks: Optional[Path], paraphrases: Optional[Path],
     from vlforget.configs import build_config
 
     return Benchmark(build_config(BenchmarkConfig, {"seed": seed, "requests_file": str(tasks) if tasks else None,
-                                                    "paraphrases_file": str(paraphrases) if paraphrases else None},
+                                                    "paraphrases_file": str(paraphrases) if paraphrases else None,
+                                                    "version": version, "sequence": sequence},
                                   where="the benchmark options"))
 
 
@@ -102,10 +109,12 @@ def _placement(device: str, dtype: str) -> tuple:
     return where, precision
 
 
-def _backbone_loader(model: Optional[str], placement: tuple = ("cpu", None)):
+def _backbone_loader(model: Optional[str], placement: tuple = ("cpu", None), version: int = 2):
+    """Loads `model`, or the built-in model of benchmark `version` (v1 keeps its own)."""
     from vlforget.models.backbone import Backbone
+    from vlforget.models.checkpoints import builtin_path
 
-    return lambda: Backbone.load(model, *placement)
+    return lambda: Backbone.load(model if model is not None else builtin_path(version), *placement)
 
 
 def _overrides(config: Optional[Path]) -> dict:
@@ -217,7 +226,8 @@ def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path]
             dataset: Optional[str] = None, data: Optional[Path] = None, overrides: Optional[dict] = None,
             placement: tuple = ("cpu", None), data_options: Optional[dict] = None, benchmark=None,
             core_repo: Optional[Path] = None, utility: Optional[Path] = None,
-            utility_limit: Optional[int] = None) -> dict:
+            utility_limit: Optional[int] = None, version: int = 2, sequence: str = "test",
+            quiet: bool = False, with_views: bool = True) -> dict:
     from vlforget.configs import build_config
     from vlforget.evaluation.runner import ContinualRun, folder_lock, prepare_out_dir
     from vlforget.methods import method_class
@@ -227,22 +237,23 @@ def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path]
     # Checked here, before the model loads, so an error names the file and the field.
     build_config(method_class(method).config_class, {**(overrides or {}), **from_file},
                  where=str(config) if config else f"{method} config")
-    benchmark = benchmark or _benchmark(seed, tasks, paraphrases, dataset, data, data_options, utility, utility_limit)
+    benchmark = benchmark or _benchmark(seed, tasks, paraphrases, dataset, data, data_options, utility, utility_limit,
+                                        version, sequence)
     overrides = {"seed": seed, **_protocol_defaults(method, benchmark), **(overrides or {}), **from_file}
     judge = _judge(judge_name, core_repo)
     prepare_out_dir(out)
     with folder_lock(out):  # before the model loads: a second run on this folder stops at once
-        return _run_locked(ContinualRun(method, benchmark, out, _backbone_loader(model, placement), overrides,
-                                        judge, limit), method)
+        return _run_locked(ContinualRun(method, benchmark, out, _backbone_loader(model, placement, version), overrides,
+                                        judge, limit, with_views=with_views), method, quiet)
 
 
-def _run_locked(run, method: str) -> dict:
+def _run_locked(run, method: str, quiet: bool = False) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vlforget.evaluation.report import fmt
     from vlforget.methods.training import is_main_process
 
-    if not is_main_process():
+    if not is_main_process() or quiet:
         return run.run(lock=False)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
@@ -307,13 +318,14 @@ def run(method: str = typer.Option(DEFAULT_METHOD, help="registered method name 
         utility: Optional[Path] = typer.Option(None, help=UTILITY_HELP),
         utility_limit: Optional[int] = typer.Option(None, help=UTILITY_LIMIT_HELP),
         device: str = typer.Option("auto", help=DEVICE_HELP),
-        dtype: str = typer.Option("auto", help=DTYPE_HELP)):
+        dtype: str = typer.Option("auto", help=DTYPE_HELP),
+        benchmark_version: int = typer.Option(2, help=VERSION_HELP)):
     """Run one method over the request sequence (resumes an interrupted run in --out)."""
     placement = _placement(device, dtype)
     options = _with_core_repo(dataset, _data_options(data_config, config), core_repo)
     results = run_one(method, out, model, config, tasks, seed, paraphrases, limit, judge, dataset, data,
                       placement=placement, data_options=options, core_repo=core_repo, utility=utility,
-                      utility_limit=utility_limit)
+                      utility_limit=utility_limit, version=benchmark_version)
     _finish({method: results}, {method: out}, out)
 
 
@@ -339,9 +351,16 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
             attacks: Optional[str] = typer.Option(None, help="then attack every method's last state with these "
                                                   "attacks ('all' or comma-separated, see `vlforget attack`) and "
                                                   "write OUT/robustness.md"),
-            attack_config: Optional[Path] = typer.Option(None, help="with --attacks: JSON/YAML attack settings")):
+            attack_config: Optional[Path] = typer.Option(None, help="with --attacks: JSON/YAML attack settings"),
+            benchmark_version: int = typer.Option(2, help=VERSION_HELP),
+            tuned: Path = typer.Option(Path("results/tuned"), help="tuning records (`vlforget tune`): a method "
+                                       "with one runs at its chosen settings, under --config's overrides"),
+            defaults: bool = typer.Option(False, "--defaults", help="ignore tuning records: every method at its "
+                                          "defaults (plus --config)")):
     """Run several methods on the same sequence and print one side-by-side table."""
     from vlforget.configs import build_config
+    from vlforget.data.benchmark import BENCHMARK_VERSIONS
+    from vlforget.evaluation.tuning import tuned_overrides
     from vlforget.methods import method_class
 
     check_cli_numbers(limit=limit, seed=seed)
@@ -358,16 +377,24 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
                              f"(method name -> {{field: value}}), got {type(fields).__name__}")
         if key not in names:
             raise ValueError(f"{config}: {key!r} is not one of --methods" + did_you_mean(key, names))
+    settings, notes = {}, []
     for name in names:
         cls = method_class(name)  # fail fast on a typo, before hours of running
-        build_config(cls.config_class, per_method.get(name), where=f"{config} ({name})")
+        chosen, note = (None, f"{name}: defaults (--defaults)") if defaults else tuned_overrides(
+            tuned, name, BENCHMARK_VERSIONS.get(benchmark_version, ""))
+        settings[name] = {**(chosen or {}), **(per_method.get(name) or {})}
+        notes.append(note + (f"; --config sets {json.dumps(per_method[name], sort_keys=True)}"
+                             if per_method.get(name) else ""))
+        build_config(cls.config_class, settings[name], where=f"{config} ({name})")
+    for note in notes:
+        console.print(f"[dim]{escape(note)}[/]", highlight=False)
     data_options = _with_core_repo(dataset, _data_options(data_config, config), core_repo)
     # loaded once, shared by every method's run; a bad folder or option fails before any run
-    benchmark = _benchmark(seed, tasks, None, dataset, data, data_options, utility, utility_limit)
+    benchmark = _benchmark(seed, tasks, None, dataset, data, data_options, utility, utility_limit, benchmark_version)
     placement = _placement(device, dtype)
     runs = {name: run_one(name, out / name, model, None, tasks, seed, None, limit, judge,
-                          overrides=per_method.get(name), placement=placement, benchmark=benchmark,
-                          core_repo=core_repo)
+                          overrides=settings[name], placement=placement, benchmark=benchmark,
+                          core_repo=core_repo, version=benchmark_version)
             for name in names}
     from vlforget.methods.training import is_main_process
 
@@ -377,7 +404,9 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
     from vlforget.evaluation.report import markdown_summary, mode_markdown
 
     if is_main_process():
-        (out / "comparison.md").write_text(markdown_summary(runs) + mode_markdown(runs))
+        settings_note = "\n".join(f"- {note}" for note in notes)
+        (out / "comparison.md").write_text(markdown_summary(runs) + mode_markdown(runs)
+                                           + "\nSettings:\n\n" + settings_note + "\n")
         console.print(f"table: {out / 'comparison.md'}")
 
 
@@ -421,6 +450,40 @@ def _robustness(names: list[str], out: Path, attack_names: list[str], attack_con
 
 @app.command()
 @user_errors
+def tune(method: str = typer.Option(..., help="registered method name (its grid: vlforget/methods/tuning_grids.py)"),
+         out: Path = typer.Option(Path("results/tuned"), help="folder for METHOD.json / METHOD.md (the record)"),
+         work: Path = typer.Option(Path("runs/tune"), help="folder for the grid points' runs (METHOD/point-*)"),
+         seed: int = typer.Option(0, help="seed for the benchmark and the method"),
+         limit: Optional[int] = typer.Option(None, help="only the first N validation requests (quick checks)"),
+         judge: str = typer.Option("minilm", help="refusal judge: minilm or lexical"),
+         device: str = typer.Option("auto", help=DEVICE_HELP),
+         dtype: str = typer.Option("auto", help=DTYPE_HELP)):
+    """Tune a method: its grid on the validation sequence (never the test one), one rule, resumable."""
+    from vlforget.data.benchmark import BENCHMARK_VERSIONS
+    from vlforget.evaluation.tuning import RULE
+    from vlforget.evaluation.tuning import tune as run_tuning
+    from vlforget.methods import method_class
+    from vlforget.methods.tuning_grids import grid_for
+
+    cls = method_class(method)
+    grid = grid_for(method)
+    placement = _placement(device, dtype)
+    n_requests = len(_benchmark(seed, None, None, version=2, sequence="validation").specs)
+
+    def run_point(overrides: dict, folder: Path) -> dict:
+        return run_one(method, folder, None, None, None, seed, None, limit, judge, overrides=overrides,
+                       placement=placement, version=2, sequence="validation", quiet=True, with_views=False)
+
+    console.print(f"tuning {method}: {len(grid)} grid points on the validation sequence; rule: {RULE}",
+                  highlight=False)
+    record = run_tuning(method, grid, run_point, out, work / method, BENCHMARK_VERSIONS[2], seed, cls.refuses,
+                        min(limit or n_requests, n_requests), log=lambda m: console.print(m, highlight=False))
+    console.print(f"chosen: {json.dumps(record['chosen'], sort_keys=True)}  record: {out / (method + '.json')}",
+                  highlight=False)
+
+
+@app.command()
+@user_errors
 def demo(out: Path = typer.Option(Path("runs/demo"), help="output folder"),
          method: str = typer.Option(DEFAULT_METHOD, help="method to run"),
          limit: Optional[int] = typer.Option(None, help="only the first N requests"),
@@ -442,14 +505,18 @@ def base_eval(model: Optional[str] = typer.Option(None, help="backbone checkpoin
               data: Optional[Path] = typer.Option(None, help="with --dataset: the folder or file holding it"),
               data_config: Optional[Path] = typer.Option(None, help=DATA_CONFIG_HELP),
               device: str = typer.Option("auto", help=DEVICE_HELP),
-              dtype: str = typer.Option("auto", help=DTYPE_HELP)):
+              dtype: str = typer.Option("auto", help=DTYPE_HELP),
+              benchmark_version: int = typer.Option(2, help=VERSION_HELP)):
     """Per-intent exact match and refusal rates of a model on the held-out general split
-    (with --dataset: on the pairs every request must keep answering)."""
+    (with --dataset: on the pairs every request must keep answering).
+
+    Benchmark v2: the top-level numbers are on evaluation phrasings (what users ask);
+    `phrasings` holds the same report for each phrasing group and the pressure view."""
     from vlforget.configs import build_config
     from vlforget.data.benchmark import Benchmark, BenchmarkConfig
     from vlforget.evaluation.report import fmt
-    from vlforget.models.backbone import Backbone
     from vlforget.models.evaluate import base_eval as evaluate
+    from vlforget.models.evaluate import base_eval_views
 
     check_cli_numbers(seed=seed)
     if dataset or data:
@@ -457,21 +524,30 @@ def base_eval(model: Optional[str] = typer.Option(None, help="backbone checkpoin
         samples = [s for r in loaded.requests() for s in r.retain_test] + loaded.utility_split()
         if not samples:
             raise ValueError(f"{data}: the {dataset} data has no retain test pairs to evaluate on")
+        report = evaluate(_backbone_loader(model, _placement(device, dtype))(), samples)
     else:
-        samples = Benchmark(build_config(BenchmarkConfig, {"seed": seed, **_overrides(config)},
-                                         where=str(config) if config else "the benchmark options")).general_test()
-    report = evaluate(Backbone.load(model, *_placement(device, dtype)), samples)
+        bench = Benchmark(build_config(BenchmarkConfig, {"seed": seed, "version": benchmark_version,
+                                                         **_overrides(config)},
+                                       where=str(config) if config else "the benchmark options"))
+        report = base_eval_views(_backbone_loader(model, _placement(device, dtype), bench.config.version)(), bench)
     if as_json:
         print(json.dumps(report, indent=1))
         return
     table = Table(title="Base model on " + (f"{dataset} retain pairs" if dataset else "the held-out general split"))
     table.add_column("key")
     table.add_column("value", justify="right")
-    for key, value in report.items():
-        for name, v in (value.items() if isinstance(value, dict) else [(None, value)]):
-            label = key if name is None else f"{key}.{name}"
-            table.add_row(escape(label), str(v) if isinstance(v, int) else fmt(v))
+    for key, value in _flatten(report):
+        table.add_row(escape(key), str(value) if isinstance(value, int) else fmt(value))
     console.print(table)
+
+
+def _flatten(report: dict, prefix: str = ""):
+    """(dotted key, value) for every leaf of a nested report."""
+    for key, value in report.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def _load_image(path: Path):

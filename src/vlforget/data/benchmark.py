@@ -23,14 +23,20 @@ from typing import Callable
 
 from vlforget.configs import option
 from vlforget.data.instructions import INTENTS, SUBJECT_INTENTS, TEMPLATES, make_pair
-from vlforget.data.requests import RequestSpec, load_paraphrases, load_specs
+from vlforget.data.phrasings import (EVALUATION_PHRASINGS, PRESSURE_SENTENCES, REQUEST_PHRASINGS, pressed, rephrase,
+                                     with_pressure)
+from vlforget.data.requests import VALIDATION_REQUESTS, RequestSpec, load_paraphrases, load_specs
 from vlforget.data.scenes import CATEGORIES, Scene, SceneObject, random_object, random_scene, render
 from vlforget.types import Concepts, DeletionRequest, Sample
 
-BENCHMARK_VERSION = "1.0"
+BENCHMARK_VERSIONS = {1: "1.0", 2: "2.0"}
+BENCHMARK_VERSION = BENCHMARK_VERSIONS[2]  # the default
+SEQUENCES = ("test", "validation")
 DECLINE_SHARE = 0.05
 MAX_TRIES = 20000
 MAX_PAIRS = 100_000  # per split: far above any use, low enough to fail fast instead of filling memory
+# v2's extra views of every test pair, next to the headline (evaluation phrasings).
+VIEWS = ("request", "pressure")
 
 
 @dataclass
@@ -46,8 +52,20 @@ class BenchmarkConfig:
                             le=MAX_PAIRS)
     requests_file: str | None = option(None, "YAML/JSON request sequence; None = built-in 16")
     paraphrases_file: str | None = option(None, "intent -> templates used for *evaluation* pairs")
+    version: int = option(2, "benchmark version: 2 (phrasing groups, pressure view, validation sequence) or 1",
+                          ge=1, le=2)
+    sequence: str = option("test", "'test' (the built-in 16, for reporting) or 'validation' (v2, for tuning)")
 
     def __post_init__(self) -> None:
+        if self.version not in BENCHMARK_VERSIONS:
+            raise ValueError(f"benchmark version must be one of {', '.join(map(str, BENCHMARK_VERSIONS))}, "
+                             f"got {self.version}")
+        if self.sequence not in SEQUENCES:
+            raise ValueError(f"sequence must be one of {', '.join(SEQUENCES)}, got {self.sequence!r}")
+        if self.sequence == "validation" and self.version == 1:
+            raise ValueError("benchmark v1 has no validation sequence; use version 2")
+        if self.sequence == "validation" and self.requests_file:
+            raise ValueError("the validation sequence is built in; it cannot be combined with a requests file")
         for name in ("n_forget_train", "n_forget_test", "n_retain_train", "n_retain_test", "n_general_test",
                      "n_utility"):
             if getattr(self, name) < 1:
@@ -75,8 +93,14 @@ def _sample(scene: Scene, intent: str, rng: random.Random, templates, decline: b
     return Sample(render(scene), instruction, answer, intent, {"scene": scene, **info, **meta})
 
 
-def general_samples(n: int, seed: int | str, pool: str = "train", templates=None) -> list[Sample]:
-    """`n` general pairs: every intent, about 5% should-decline questions."""
+def general_samples(n: int, seed: int | str, pool: str = "train", templates=None,
+                    pressure_share: float = 0.0) -> list[Sample]:
+    """`n` general pairs: every intent, about 5% should-decline questions.
+
+    `pressure_share`: the share of questions asked inside a pressure sentence (v2
+    pretraining, so the base model answers insistent users); 0 draws no extra random
+    numbers, so v1 data is unchanged.
+    """
     rng = random.Random(f"general-{seed}-{pool}")
     samples: list[Sample] = []
     while len(samples) < n:
@@ -84,6 +108,8 @@ def general_samples(n: int, seed: int | str, pool: str = "train", templates=None
         decline = intent in SUBJECT_INTENTS and rng.random() < DECLINE_SHARE * len(INTENTS) / len(SUBJECT_INTENTS)
         sample = _sample(scene_for_intent(rng, intent, pool), intent, rng, templates, decline=decline)
         if sample is not None:
+            if pressure_share and rng.random() < pressure_share:
+                sample.instruction = pressed(sample.instruction, rng.randrange(len(PRESSURE_SENTENCES)))
             samples.append(sample)
     return samples
 
@@ -112,14 +138,27 @@ class Benchmark:
 
     def __init__(self, config: BenchmarkConfig | None = None, specs: list[RequestSpec] | None = None):
         self.config = config or BenchmarkConfig()
-        self.specs = specs if specs is not None else load_specs(self.config.requests_file)
+        validation = self.config.sequence == "validation"
+        if specs is None:
+            specs = load_specs(VALIDATION_REQUESTS if validation else self.config.requests_file)
+        self.specs = specs
+        # v1: training and test pairs share the templates (None = all of them);
+        # v2: training pairs use request phrasings only, test/utility pairs evaluation phrasings only.
+        v2 = self.config.version >= 2
+        self.train_templates = REQUEST_PHRASINGS if v2 else None
+        base_eval_templates = EVALUATION_PHRASINGS if v2 else TEMPLATES
         self.eval_templates = (
-            {**TEMPLATES, **load_paraphrases(self.config.paraphrases_file)}
-            if self.config.paraphrases_file else None
+            {**base_eval_templates, **load_paraphrases(self.config.paraphrases_file)}
+            if self.config.paraphrases_file else (EVALUATION_PHRASINGS if v2 else None)
         )
-        self.version = BENCHMARK_VERSION
+        self.version = BENCHMARK_VERSIONS[self.config.version]
+        # The validation sequence draws every image and pair from its own seed namespace,
+        # so it shares no image with the test sequence.
+        self._namespace = "validation-" if validation else ""
         self._requests: list[DeletionRequest] | None = None
         self._utility: list[Sample] | None = None
+        self._views: dict[str, dict[str, tuple[list[Sample], list[Sample]]]] = {}
+        self._utility_views: dict[str, list[Sample]] = {}
 
     # -- scope helpers -----------------------------------------------------------
     def scopes_of(self, scene: Scene, intent: str) -> list[str]:
@@ -132,8 +171,12 @@ class Benchmark:
     def general_train(self, n: int, seed: int | None = None) -> list[Sample]:
         return general_samples(n, self.config.seed if seed is None else seed, "train")
 
-    def general_test(self) -> list[Sample]:
-        return general_samples(self.config.n_general_test, f"test-{self.config.seed}", "test", self.eval_templates)
+    def general_test(self, phrasings: str = "evaluation") -> list[Sample]:
+        """Held-out general pairs (base-model accuracy); v2: in either phrasing group."""
+        if phrasings not in ("evaluation", "request"):
+            raise ValueError(f"phrasings must be 'evaluation' or 'request', got {phrasings!r}")
+        templates = self.train_templates if phrasings == "request" else self.eval_templates
+        return general_samples(self.config.n_general_test, f"test-{self.config.seed}", "test", templates)
 
     def utility_split(self) -> list[Sample]:
         """Held-out general pairs that no request targets (S is measured on these).
@@ -142,8 +185,9 @@ class Benchmark:
         answerable pairs outside every request's scope, until `n_utility` are found.
         """
         if self._utility is None:
-            rng = random.Random(f"utility-{self.config.seed}")
-            pool = general_samples(self.config.n_utility * 8, f"utility-{self.config.seed}", "test", self.eval_templates)
+            rng = random.Random(f"{self._namespace}utility-{self.config.seed}")
+            pool = general_samples(self.config.n_utility * 8, f"{self._namespace}utility-{self.config.seed}", "test",
+                                   self.eval_templates)
             kept = [s for s in pool if not s.should_decline and self.out_of_all_scopes(s)]
             if len(kept) < self.config.n_utility:
                 raise ValueError(f"only {len(kept)} utility pairs fall outside every request's scope; "
@@ -156,6 +200,40 @@ class Benchmark:
         if self._requests is None:
             self._requests = [self._build(i, spec) for i, spec in enumerate(self.specs)]
         return self._requests
+
+    # -- v2 views: the same test pairs in other words ------------------------------
+    def views(self) -> list[str]:
+        """Names of the extra views of every test pair (v2: request phrasings, pressure)."""
+        return list(VIEWS) if self.config.version >= 2 else []
+
+    def test_view(self, request: DeletionRequest, view: str) -> tuple[list[Sample], list[Sample]]:
+        """(forget_test, retain_test) of `request` in `view`: the same images and answers,
+        asked with a request phrasing ("request") or inside a pressure sentence ("pressure")."""
+        self._check_view(view)
+        cached = self._views.setdefault(view, {})
+        if request.name not in cached:
+            rng = random.Random(f"{self._namespace}view-{view}-{self.config.seed}-{request.name}")
+            cached[request.name] = (self._in_view(request.forget_test, view, rng),
+                                    self._in_view(request.retain_test, view, rng))
+        return cached[request.name]
+
+    def utility_view(self, view: str) -> list[Sample]:
+        """The utility split in `view` (S of each view is measured on it)."""
+        self._check_view(view)
+        if view not in self._utility_views:
+            rng = random.Random(f"{self._namespace}view-{view}-{self.config.seed}-utility")
+            self._utility_views[view] = self._in_view(self.utility_split(), view, rng)
+        return self._utility_views[view]
+
+    def _check_view(self, view: str) -> None:
+        if view not in self.views():
+            raise ValueError(f"unknown view {view!r} for benchmark {self.version}; "
+                             f"views: {', '.join(self.views()) or 'none'}")
+
+    def _in_view(self, samples: list[Sample], view: str, rng: random.Random) -> list[Sample]:
+        if view == "request":
+            return [rephrase(s, REQUEST_PHRASINGS, rng) for s in samples]
+        return with_pressure(samples)
 
     # -- per-request data --------------------------------------------------------
     def _draw(self, rng, count: int, make: Callable[[], Sample | None], what: str) -> list[Sample]:
@@ -223,8 +301,8 @@ class Benchmark:
 
     def _build(self, index: int, spec: RequestSpec) -> DeletionRequest:
         cfg = self.config
-        rng = random.Random(f"request-{cfg.seed}-{index}-{spec.name}")
-        forget_train = self._forget(spec, rng, cfg.n_forget_train, "train", None)
+        rng = random.Random(f"{self._namespace}request-{cfg.seed}-{index}-{spec.name}")
+        forget_train = self._forget(spec, rng, cfg.n_forget_train, "train", self.train_templates)
         forget_test = self._forget(spec, rng, cfg.n_forget_test, "test", self.eval_templates)
         return DeletionRequest(
             id=f"r{index + 1:02d}",
@@ -233,7 +311,7 @@ class Benchmark:
             refusals=list(spec.refusals),
             forget_train=forget_train,
             forget_test=forget_test,
-            retain_train=self._retain(spec, rng, cfg.n_retain_train, "train", None, forget_train),
+            retain_train=self._retain(spec, rng, cfg.n_retain_train, "train", self.train_templates, forget_train),
             retain_test=self._retain(spec, rng, cfg.n_retain_test, "test", self.eval_templates, forget_test),
             concepts=Concepts(list(spec.visual_concepts), list(spec.textual_concepts), source="annotations"),
             scope={"mode": spec.mode, "visual": spec.visual, "intents": spec.intents, "kind": spec.kind},

@@ -129,11 +129,13 @@ def make_pair(
             return None
         absent = [c for c in CATEGORIES if c not in present]
         shape = rng.choice(absent)
-        return template.format(obj=shape), decline_answer(shape), {"subject": shape, "decline": True}
+        return template.format(obj=shape), decline_answer(shape), {"subject": shape, "decline": True,
+                                                                   "slots": {"obj": shape}}
 
     if intent == "identify":
         subject = rng.choice(objs)
-        return template.format(pos=subject.position), subject.shape, {"subject": subject.shape}
+        return (template.format(pos=subject.position), subject.shape,
+                {"subject": subject.shape, "slots": {"pos": subject.position}})
     if intent in SUBJECT_INTENTS:
         subject = unique_subject()
         if subject is None:
@@ -144,20 +146,21 @@ def make_pair(
             "size": subject.size,
             "pattern": subject.pattern,
         }[intent]
-        return template.format(obj=subject.shape), answer, {"subject": subject.shape}
+        return template.format(obj=subject.shape), answer, {"subject": subject.shape, "slots": {"obj": subject.shape}}
     if intent == "count":
         if rng.random() < 0.3:
-            return template.format(objs="objects"), NUMBER_WORDS[len(objs)], {"subject": "objects"}
+            return (template.format(objs="objects"), NUMBER_WORDS[len(objs)],
+                    {"subject": "objects", "slots": {"objs": "objects"}})
         shape = rng.choice(sorted(present)) if rng.random() < 0.85 else rng.choice(CATEGORIES)
         n = len(scene.by_shape(shape))
-        return template.format(objs=PLURALS[shape]), NUMBER_WORDS[n], {"subject": shape}
+        return template.format(objs=PLURALS[shape]), NUMBER_WORDS[n], {"subject": shape, "slots": {"objs": PLURALS[shape]}}
     if intent == "exists":
         shape = rng.choice(sorted(present)) if rng.random() < 0.5 else rng.choice(CATEGORIES)
-        return template.format(obj=shape), "yes" if shape in present else "no", {"subject": shape}
+        return template.format(obj=shape), "yes" if shape in present else "no", {"subject": shape, "slots": {"obj": shape}}
     if intent == "background":
-        return template, scene.background, {}
+        return template, scene.background, {"slots": {}}
     if intent == "describe":
-        return template, describe_answer(scene), {}
+        return template, describe_answer(scene), {"slots": {}}
     if intent == "compare":
         uniques = [o for o in objs if len(scene.by_shape(o.shape)) == 1]
         pairs = [(a, b) for a in uniques for b in uniques if a.shape < b.shape and a.size != b.size]
@@ -167,5 +170,6 @@ def make_pair(
         if rng.random() < 0.5:
             a, b = b, a
         larger = a if a.size == "large" else b
-        return template.format(a=a.shape, b=b.shape), larger.shape, {"subject": f"{a.shape},{b.shape}"}
+        return (template.format(a=a.shape, b=b.shape), larger.shape,
+                {"subject": f"{a.shape},{b.shape}", "slots": {"a": a.shape, "b": b.shape}})
     raise ValueError(f"unknown intent {intent!r}; known intents: {', '.join(INTENTS)}")

@@ -35,6 +35,9 @@ MODES = ("both", "visual", "textual", "either")
 MAX_NAME = 80  # characters of a request name
 MAX_SENTENCE = 300  # characters of a description or one refusal / concept sentence
 MAX_SENTENCES = 64  # refusals or concept descriptions per request
+
+# Benchmark v2's validation sequence (tuning only; see the file's header).
+VALIDATION_REQUESTS = str(resources.files("vlforget.data").joinpath("validation_requests.yaml"))
 VISUAL_KEYS = {"shape": CATEGORIES, "colour": list(COLOURS), "size": list(SIZES), "pattern": PATTERNS,
                "background": list(BACKGROUNDS)}
 

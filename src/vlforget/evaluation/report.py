@@ -104,11 +104,22 @@ def routing_heatmap(results: dict) -> str | None:
     return _png(fig)
 
 
+# Metrics that only mean something for a method that refuses (see `Method.refuses`).
+REFUSAL_KEYS = ("crr", "drr")
+
+
+def _cell(summary: dict, key: str, refuses: bool) -> str:
+    if key.split("_")[0] in REFUSAL_KEYS and not refuses:
+        return "n/a"  # never refuses by design: CRR 0 / dRR 50 would rank it on nothing
+    return fmt(summary.get(key))
+
+
 def summary_rows(runs: dict[str, dict], keys: list[str] = SUMMARY_KEYS) -> list[list[str]]:
     rows = []
     for name, results in runs.items():
         summary = results.get("summary") or {}
-        cells = [fmt(summary.get(f"{k}_{w}")) for k in keys for w in ("avg", "last")]
+        refuses = results.get("refuses", True)
+        cells = [_cell(summary, f"{k}_{w}", refuses) for k in keys for w in ("avg", "last")]
         seconds = summary.get("unlearn_seconds") or []
         # Median: one request slowed by a noisy neighbour should not move the column.
         cells.append(f"{statistics.median(seconds):.1f}" if seconds else "n/a")
@@ -119,9 +130,35 @@ def summary_rows(runs: dict[str, dict], keys: list[str] = SUMMARY_KEYS) -> list[
 SUMMARY_HEADER = ["method"] + [f"{LABELS[k]} {w}" for k in REPORT_KEYS for w in ("Avg", "Last")] + ["s/request (median)"]
 
 
+VIEW_KEYS = ["crr", "ar", "s", "leak", "overrefusal"]
+VIEW_LABELS = {"request": "request phrasings", "pressure": "pressure sentences"}
+
+
+def view_rows(runs: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): every extra view's Last values per method (benchmark v2); no views, no rows."""
+    views = sorted({v for r in runs.values() for v in ((r.get("summary") or {}).get("views") or {})})
+    if not views:
+        return [], []
+    header = ["method"] + [f"{LABELS[k]} Last ({v})" for v in views for k in VIEW_KEYS]
+    rows = []
+    for name, results in runs.items():
+        per_view = (results.get("summary") or {}).get("views") or {}
+        refuses = results.get("refuses", True)
+        rows.append([name] + [_cell(per_view.get(v, {}), f"{k}_last", refuses) for v in views for k in VIEW_KEYS])
+    return header, rows
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def markdown_summary(runs: dict[str, dict]) -> str:
-    lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + "---|" * len(SUMMARY_HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(runs, REPORT_KEYS)]
+    lines = _markdown_table(SUMMARY_HEADER, summary_rows(runs, REPORT_KEYS))
+    header, rows = view_rows(runs)
+    if rows:
+        lines += ["", "The same test pairs asked otherwise (after the last request; the table above is on "
+                  "evaluation phrasings, which no method trained on):", ""]
+        lines += _markdown_table(header, rows)
     return "\n".join(lines) + "\n"
 
 

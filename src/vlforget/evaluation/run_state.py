@@ -34,6 +34,11 @@ def load_run_state(run_dir: Path, step: int | None = None, model: str | None = N
         if not Path(model).exists() and Path(model).is_absolute():
             raise FileNotFoundError(f"{run_dir} was run on {model}, which is no longer there; "
                                     "pass --model the folder holding that checkpoint now")
+    if model is None:  # the built-in model of the benchmark version the run used
+        from vlforget.models.checkpoints import builtin_path
+
+        # A loaded dataset (benchmark_version "<format>-loaded") ran on the current built-in model.
+        model = str(builtin_path({"1.0": 1, "2.0": 2}.get(results.get("benchmark_version"))))
     backbone = Backbone.load(model, *placement)
     check_same_backbone(recorded, backbone_record(backbone), str(run_dir))
     method = make_method(results["method"], backbone, {**results["config"], **(overrides or {})})

@@ -2,7 +2,10 @@
 
 After each request the runner evaluates the forget test pairs of every request seen
 so far, the retain test pairs of every request in the sequence, and the utility split
-(general pairs no request targets). It saves the method's state after every step and
+(general pairs no request targets). On benchmark v2 these are in evaluation phrasings
+(the headline numbers), and the same pairs are evaluated again in every extra view
+(request phrasings; pressure sentences), recorded under each step's `views` and
+`summary.views`. It saves the method's state after every step and
 rewrites `results.json` atomically, so an interrupted run resumes where it stopped
 and never applies a request twice. A run holds a lock on its output folder
 (`OUT/.lock`) while it works, so a second run on the same folder stops at once with
@@ -32,7 +35,7 @@ from filelock import FileLock, Timeout
 
 from vlforget import __version__
 from vlforget.configs import to_dict
-from vlforget.evaluation.metrics import summarize
+from vlforget.evaluation.metrics import exact_match, step_metrics, summarize
 from vlforget.evaluation.responses import (
     RESPONSES_FILE, append_rows, keep_steps, pair_rows, read_rows, score_rows, utility_accuracy,
 )
@@ -138,7 +141,7 @@ class ContinualRun:
 
     def __init__(self, method_name: str, benchmark, out_dir: str | Path, backbone_loader,
                  method_overrides: dict | None = None, judge=None, limit: int | None = None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, with_views: bool = True):
         self.out_dir = Path(out_dir)
         self.benchmark = benchmark
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -154,6 +157,7 @@ class ContinualRun:
         self.progress = progress or (lambda event, info: None)
         self.contexts = {r.name: r.refusals + [r.description] for r in self.requests}
         self.base_rows: list[dict[str, Any]] = []  # the zero-shot model's answers (step 0)
+        self.with_views = with_views  # False: headline only (tuning reads nothing else)
 
     # -- results file ----------------------------------------------------------------------
     def _fresh_results(self) -> dict[str, Any]:
@@ -164,6 +168,7 @@ class ContinualRun:
             "benchmark_config": self.benchmark.config if isinstance(self.benchmark.config, dict)
             else asdict(self.benchmark.config),
             "method": self.method_name,
+            "refuses": self.method.refuses,  # False: CRR/dRR are not meaningful (tables show n/a)
             "config": to_dict(self.method.config),
             "seed": self.method.config.seed,
             "machine": machine_info(),
@@ -199,7 +204,7 @@ class ContinualRun:
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self, step: int, utility_base: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The step's metrics and its response rows (see `responses.py`)."""
+        """The step's headline metrics and its response rows (see `responses.py`)."""
         rows = []
         for r in self.requests[:step]:
             rows += pair_rows(step, r.name, "forget", r.forget_test, respond(self.method, r.forget_test))
@@ -209,10 +214,43 @@ class ContinualRun:
         rows += pair_rows(step, None, "utility", utility, respond(self.method, utility))
         return score_rows(rows, utility_base, self.judge, self.contexts, self.base_rows), rows
 
+    def views(self) -> list[str]:
+        """The benchmark's extra views of the test pairs (v2: request phrasings, pressure)."""
+        return self.benchmark.views() if self.with_views and hasattr(self.benchmark, "views") else []
+
+    def evaluate_view(self, step: int, utility_base: float, view: str) -> dict[str, Any]:
+        """Metrics after `step` on one extra view of the test pairs (responses not kept)."""
+        forget = {}
+        for r in self.requests[:step]:
+            pairs = self.benchmark.test_view(r, view)[0]
+            responses = respond(self.method, pairs)
+            forget[r.name] = [(resp, s.meta.get("original_answer", "")) for resp, s in zip(responses, pairs)]
+        retain = {}
+        for r in self.requests:
+            pairs = self.benchmark.test_view(r, view)[1]
+            retain[r.name] = [(resp, s.answer) for resp, s in zip(respond(self.method, pairs), pairs)]
+        utility = self.benchmark.utility_view(view)
+        utility_acc = exact_match(respond(self.method, utility), [s.answer for s in utility])
+        metrics = step_metrics(forget, retain, utility_acc, utility_base, self.judge, self.contexts)
+        if not utility:
+            metrics["s"] = None  # no general held-out data: utility is not measured
+        return metrics
+
+    def evaluate_views(self, step: int, base: dict[str, Any]) -> dict[str, Any]:
+        """The headline metrics of every extra view (per-request breakdowns left out: size)."""
+        out = {}
+        for view in self.views():
+            metrics = self.evaluate_view(step, base["views"][view]["utility_accuracy"], view)
+            out[view] = {k: v for k, v in metrics.items() if k != "per_request"}
+        return out
+
     @staticmethod
     def _summary(results: dict[str, Any]) -> dict[str, Any]:
         summary = summarize(results["steps"])
         summary["unlearn_seconds"] = [s["unlearn_seconds"] for s in results["steps"]]
+        views = sorted({v for s in results["steps"] for v in s.get("views", {})})
+        if views:
+            summary["views"] = {v: summarize([s["views"][v] for s in results["steps"]]) for v in views}
         return summary
 
     def _example_samples(self) -> list[tuple[str, str, Sample]]:
@@ -280,6 +318,12 @@ class ContinualRun:
                 (self.out_dir / RESPONSES_FILE).unlink(missing_ok=True)
                 append_rows(self.out_dir, rows)
             self.base_rows = rows
+            if self.views():  # the base model's utility in every view: S of each view is relative to it
+                results["base"]["views"] = {}
+                for view in self.views():
+                    pairs = self.benchmark.utility_view(view)
+                    results["base"]["views"][view] = {
+                        "utility_accuracy": exact_match(respond(self.method, pairs), [s.answer for s in pairs])}
             self._record_examples_before(results)
             self._write(results)
         elif (self.out_dir / RESPONSES_FILE).exists():
@@ -302,6 +346,8 @@ class ContinualRun:
             metrics, rows = self.evaluate(t, base_acc)
             if is_main_process():
                 append_rows(self.out_dir, rows)
+            if self.views():
+                metrics["views"] = self.evaluate_views(t, results["base"])
             record = {
                 "step": t,
                 "request": request.name,

@@ -63,6 +63,10 @@ class Method(ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     config_class: ClassVar[type] = MethodConfig
+    # False for methods that never produce a refusal by design (gradient ascent and
+    # relatives, output steering, the `none` reference): their CRR and dRR can only be
+    # 0 and 50, so tables show them as "n/a" and compare such methods on leak, AR and S.
+    refuses: ClassVar[bool] = True
 
     def __init__(self, backbone, config: Any | None = None):
         self.backbone = backbone

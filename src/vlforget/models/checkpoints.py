@@ -20,9 +20,15 @@ FORMAT_VERSION = 1
 META_FILE = "vlforget.json"
 
 
-def builtin_path() -> Path:
-    """Folder of the committed model (inside the installed package)."""
-    return Path(str(resources.files("vlforget") / "assets" / "tiny-llava"))
+def builtin_path(benchmark_version: int | None = None) -> Path:
+    """Folder of the committed model for a benchmark version (inside the installed package).
+
+    The current built-in model (benchmark v2: pretrained on every phrasing) lives in
+    `assets/tiny-llava`; v1's model is kept in `assets/tiny-llava-v1` so v1 results
+    reproduce bit for bit (`--benchmark-version 1`).
+    """
+    folder = "tiny-llava-v1" if benchmark_version == 1 else "tiny-llava"
+    return Path(str(resources.files("vlforget") / "assets" / folder))
 
 
 def local_model_folder(model: str | Path) -> Path:

@@ -47,3 +47,25 @@ def base_eval(backbone, samples: Sequence[Sample], batch_size: int = 64, return_
     if return_answers:
         report["answers"] = answers
     return report
+
+
+def base_eval_views(backbone, benchmark) -> dict:
+    """`base_eval` on the benchmark's held-out general split, in every phrasing group.
+
+    The top level is the report on the benchmark's evaluation phrasings (v1: its only
+    templates). Benchmark v2 adds `phrasings`: {"evaluation", "request", "pressure"}
+    reports (pressure = the evaluation-phrased pairs inside pressure sentences) and
+    `benchmark_version`.
+    """
+    from vlforget.data.phrasings import with_pressure
+
+    evaluation = benchmark.general_test("evaluation")
+    report = base_eval(backbone, evaluation)
+    report["benchmark_version"] = benchmark.version
+    if benchmark.config.version >= 2:
+        report["phrasings"] = {
+            "evaluation": {k: v for k, v in report.items() if k != "benchmark_version"},
+            "request": base_eval(backbone, benchmark.general_test("request")),
+            "pressure": base_eval(backbone, with_pressure(evaluation)),
+        }
+    return report

@@ -96,11 +96,22 @@ def _cell_labels(scene) -> np.ndarray:
     return labels
 
 
+# Benchmark v2's pretraining pool: every phrasing of both groups, and this share of
+# questions inside a pressure sentence (a real LVLM reads insistent users as ordinary
+# questions; only the unlearning methods never see these phrasings).
+V2_PRESSURE_SHARE = 0.15
+
+
 def _make_chunk(args) -> dict:
-    n, seed, pool = args
+    n, seed, pool, version = args
     from vlforget.data.benchmark import general_samples
 
-    samples = general_samples(n, seed, pool)
+    if version == 1:
+        samples = general_samples(n, seed, pool)
+    else:
+        from vlforget.data.phrasings import ALL_PHRASINGS
+
+        samples = general_samples(n, seed, pool, ALL_PHRASINGS, pressure_share=V2_PRESSURE_SHARE)
     return {
         "pixels": np.stack([np.asarray(s.image, dtype=np.uint8) for s in samples]),
         "labels": np.stack([_cell_labels(s.meta["scene"]) for s in samples]),
@@ -110,9 +121,11 @@ def _make_chunk(args) -> dict:
     }
 
 
-def make_pool(n: int, seed: int, processes: int = 2, chunk: int = 2500, pool: str = "train") -> dict:
+def make_pool(n: int, seed: int, processes: int = 2, chunk: int = 2500, pool: str = "train",
+              benchmark_version: int = 1) -> dict:
     """`n` general pairs as compact arrays, generated in parallel chunks (deterministic)."""
-    jobs = [(min(chunk, n - start), f"pretrain-{seed}-{start // chunk}", pool) for start in range(0, n, chunk)]
+    jobs = [(min(chunk, n - start), f"pretrain-{seed}-{start // chunk}", pool, benchmark_version)
+            for start in range(0, n, chunk)]
     if processes > 1:
         with get_context("fork").Pool(processes) as workers:
             parts = workers.map(_make_chunk, jobs)
@@ -282,10 +295,21 @@ def train_language(backbone: Backbone, data: dict, val_samples, steps: int, batc
 
 # ---------------------------------------------------------------- the recipe
 
+V2_LANGUAGE_STEPS = 6000
+
+
 def pretrain(out_dir: str | Path, seed: int = 0, minutes_budget: float = 30.0, n_train: int = 60_000,
-             vision_steps: int = 3000, language_steps: int = 20_000, batch_size: int = 16, lr: float = 5e-4,
-             threads: int = 1, stage1_dir: str | Path | None = None, log=print, **config_kwargs) -> Backbone:
+             vision_steps: int = 3000, language_steps: int | None = None, batch_size: int = 16, lr: float = 5e-4,
+             threads: int = 1, stage1_dir: str | Path | None = None, benchmark_version: int = 2, log=print,
+             **config_kwargs) -> Backbone:
     """Reproduce the built-in model into `out_dir` (defaults = the committed weights).
+
+    `benchmark_version=1`: the v1 recipe from scratch (stage 1, then 20,000 language
+    steps on the v1 templates). `benchmark_version=2` (default): the v1 model
+    (`assets/tiny-llava-v1`) trained on for `V2_LANGUAGE_STEPS` more language steps on
+    the v2 pool (both phrasing groups, 15% pressure sentences). Its vision tower is
+    v1's, untouched, so CORE's shipped scorer (tied to the tower) still applies, and
+    its vocabulary is v1's (every v2 phrasing is made of words v1 already had).
 
     The recipe runs a fixed number of steps so a seed gives the same weights (for the
     same thread count: the committed weights were trained with `threads=1`, which on
@@ -294,6 +318,12 @@ def pretrain(out_dir: str | Path, seed: int = 0, minutes_budget: float = 30.0, n
     `stage1_dir`: where to save the stage-1 vision tower, or reuse it from if present
     (to iterate on stage 2 without retraining the vision tower).
     """
+    if benchmark_version not in (1, 2):
+        raise ValueError(f"benchmark_version must be 1 or 2, got {benchmark_version}")
+    if benchmark_version == 2:
+        return _pretrain_v2(out_dir, seed, minutes_budget, n_train, language_steps or V2_LANGUAGE_STEPS,
+                            batch_size, lr, threads, log)
+    language_steps = language_steps or 20_000
     torch.set_num_threads(threads)
     t0 = time.time()
     deadline = t0 + minutes_budget * 60
@@ -337,6 +367,37 @@ def pretrain(out_dir: str | Path, seed: int = 0, minutes_budget: float = 30.0, n
     return backbone
 
 
+def _pretrain_v2(out_dir, seed: int, minutes_budget: float, n_train: int, language_steps: int, batch_size: int,
+                 lr: float, threads: int, log) -> Backbone:
+    """v2: v1's model, language side trained on over the v2 pool (vision tower frozen as shipped)."""
+    from vlforget.data.benchmark import general_samples
+    from vlforget.data.phrasings import EVALUATION_PHRASINGS
+    from vlforget.models.checkpoints import builtin_path
+
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    deadline = t0 + minutes_budget * 60
+    log(f"pretraining the v2 tiny LLaVA from the v1 model: seed {seed}, {n_train} pairs, "
+        f"{language_steps} language steps, {threads} threads")
+    data = make_pool(n_train, seed, processes=2, benchmark_version=2)
+    val_samples = general_samples(400, f"val-{seed}", "test", EVALUATION_PHRASINGS)
+    log(f"data: {n_train} training pairs in {time.time() - t0:.0f}s")
+    backbone = Backbone.load(builtin_path(1))
+    backbone.vision_encoder.eval().requires_grad_(False)
+    torch.manual_seed(seed)
+    train_language(backbone, data, val_samples, language_steps, batch_size=batch_size, lr=lr, seed=seed,
+                   log=log, deadline=deadline)
+    backbone.meta["pretrain"] = {"benchmark_version": 2, "init": "tiny-llava-v1", "seed": seed, "n_train": n_train,
+                                 "language_steps": language_steps, "batch_size": batch_size, "lr": lr,
+                                 "threads": threads, "pressure_share": V2_PRESSURE_SHARE,
+                                 "minutes": round((time.time() - t0) / 60, 1)}
+    for p in backbone.model.parameters():
+        p.requires_grad_(True)
+    backbone.save(out_dir)
+    log(f"saved to {out_dir} after {(time.time() - t0) / 60:.1f} minutes")
+    return backbone
+
+
 if __name__ == "__main__":  # pragma: no cover
     import argparse
 
@@ -346,10 +407,12 @@ if __name__ == "__main__":  # pragma: no cover
     parser.add_argument("--minutes-budget", type=float, default=30.0)
     parser.add_argument("--n-train", type=int, default=60_000)
     parser.add_argument("--vision-steps", type=int, default=3000)
-    parser.add_argument("--language-steps", type=int, default=20_000)
+    parser.add_argument("--language-steps", type=int, default=None)
+    parser.add_argument("--benchmark-version", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--stage1-dir", default=None)
     args = parser.parse_args()
     pretrain(args.out_dir, seed=args.seed, minutes_budget=args.minutes_budget, n_train=args.n_train,
              vision_steps=args.vision_steps, language_steps=args.language_steps,
-             threads=args.threads, stage1_dir=args.stage1_dir, log=lambda m: print(m, flush=True))
+             threads=args.threads, stage1_dir=args.stage1_dir, benchmark_version=args.benchmark_version,
+             log=lambda m: print(m, flush=True))

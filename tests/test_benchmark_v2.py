@@ -1,0 +1,141 @@
+"""Benchmark v2: phrasing groups, the pressure view, the validation sequence, v1 kept."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from vlforget.data.benchmark import Benchmark, BenchmarkConfig
+from vlforget.data.instructions import INTENTS
+from vlforget.data.phrasings import EVALUATION_PHRASINGS, PRESSURE_SENTENCES, REQUEST_PHRASINGS, pressed
+from vlforget.models.checkpoints import builtin_path
+from vlforget.models.tokenizer import build_vocabulary
+
+SMALL = dict(n_forget_train=6, n_forget_test=6, n_retain_train=6, n_retain_test=6, n_general_test=40, n_utility=30)
+
+
+@pytest.fixture(scope="module")
+def v2():
+    return Benchmark(BenchmarkConfig(**SMALL))
+
+
+@pytest.fixture(scope="module")
+def validation():
+    return Benchmark(BenchmarkConfig(sequence="validation", **SMALL))
+
+
+def _phrased_with(templates: dict[str, list[str]]):
+    """sample -> is its instruction one of `templates` filled with the sample's own slots?"""
+    return lambda s: s.instruction in {t.format(**s.meta["slots"]) for t in templates[s.intent]}
+
+
+def test_every_intent_has_ten_phrasings_in_two_disjoint_groups():
+    for intent in INTENTS:
+        request, evaluation = REQUEST_PHRASINGS[intent], EVALUATION_PHRASINGS[intent]
+        assert len(request) + len(evaluation) >= 10 and len(evaluation) >= 5, intent
+        assert not set(request) & set(evaluation), intent
+
+
+def test_training_pairs_use_only_request_phrasings_and_test_pairs_only_evaluation_ones(v2):
+    is_request, is_evaluation = _phrased_with(REQUEST_PHRASINGS), _phrased_with(EVALUATION_PHRASINGS)
+    for r in v2.requests():
+        for s in r.forget_train + r.retain_train:
+            assert is_request(s) and not is_evaluation(s), s.instruction
+        for s in r.forget_test + r.retain_test:
+            assert is_evaluation(s) and not is_request(s), s.instruction
+    assert all(is_evaluation(s) for s in v2.utility_split() + v2.general_test())
+    assert all(is_request(s) for s in v2.general_test("request"))
+
+
+def test_views_ask_the_same_pairs_in_other_words(v2):
+    is_request = _phrased_with(REQUEST_PHRASINGS)
+    request = v2.requests()[0]
+    forget, retain = v2.test_view(request, "request")
+    for original, viewed in zip(request.forget_test + request.retain_test, forget + retain):
+        assert viewed.answer == original.answer and viewed.image is original.image
+        assert is_request(viewed)
+    pressed_forget, _ = v2.test_view(request, "pressure")
+    assert [s.instruction for s in pressed_forget] == [pressed(s.instruction, i)
+                                                       for i, s in enumerate(request.forget_test)]
+    assert len(PRESSURE_SENTENCES) >= 5 and all("{q}" in p for p in PRESSURE_SENTENCES)
+    utility = v2.utility_view("pressure")
+    assert len({s.meta["pressure"] for s in utility}) == len(PRESSURE_SENTENCES)  # every sentence is used
+    with pytest.raises(ValueError, match="unknown view"):
+        v2.test_view(request, "shouting")
+    assert Benchmark(BenchmarkConfig(version=1, **SMALL)).views() == []
+
+
+def test_every_v2_text_is_made_of_words_the_built_in_model_knows(validation):
+    vocabulary = set(json.loads((builtin_path() / "tokenizer.json").read_text())["model"]["vocab"])
+    texts = [t for ts in EVALUATION_PHRASINGS.values() for t in ts] + [p.format(q="") for p in PRESSURE_SENTENCES]
+    texts += [r for spec in validation.specs for r in spec.refusals]
+    unknown = set(build_vocabulary(texts)) - vocabulary
+    assert not unknown
+
+
+def test_validation_sequence_has_other_concepts_and_other_images(v2, validation):
+    assert len(validation.specs) >= 8
+
+    def combination(spec):
+        return spec.mode, json.dumps(spec.visual, sort_keys=True), tuple(sorted(spec.intents))
+
+    assert not {combination(s) for s in validation.specs} & {combination(s) for s in v2.specs}
+    assert {s.mode for s in validation.specs} == {"both", "visual", "textual", "either"}
+
+    def images(bench):
+        return {np.asarray(s.image).tobytes() for r in bench.requests()
+                for s in r.forget_train + r.forget_test + r.retain_train + r.retain_test}
+
+    assert not images(validation) & images(v2)
+    for r in validation.requests():  # forget pairs in exactly their own scope, as in the test sequence
+        assert all(validation.scopes_of(s.meta["scene"], s.intent) == [r.name] for s in r.forget_train)
+
+
+def test_bad_versions_and_sequences_are_refused():
+    with pytest.raises(ValueError, match="benchmark version must be one of 1, 2"):
+        BenchmarkConfig(version=3)
+    with pytest.raises(ValueError, match="no validation sequence"):
+        BenchmarkConfig(version=1, sequence="validation")
+    with pytest.raises(ValueError, match="sequence must be one of"):
+        BenchmarkConfig(sequence="train")
+
+
+def test_version_1_data_is_bit_for_bit_what_v1_generated():
+    """Fingerprint of every v1 split (small sizes) as generated by the code before v2 existed."""
+    bench = Benchmark(BenchmarkConfig(version=1, n_forget_train=4, n_forget_test=4, n_retain_train=4,
+                                      n_retain_test=4, n_general_test=20, n_utility=20))
+    digest = hashlib.sha256()
+    samples = [s for r in bench.requests() for part in (r.forget_train, r.forget_test, r.retain_train,
+                                                         r.retain_test) for s in part]
+    for s in samples + bench.utility_split() + bench.general_test():
+        digest.update(s.instruction.encode())
+        digest.update(s.answer.encode())
+        digest.update(s.image.tobytes())
+    assert bench.version == "1.0"
+    assert digest.hexdigest() == "f53babf61f26507d4cdb6dff3fe13e767da1e5a761d9c8b0e2faae9f3d91a4ae"
+
+
+def test_v1_keeps_its_own_built_in_model():
+    assert builtin_path(1) != builtin_path(2) == builtin_path()
+    for version in (1, 2):
+        assert (builtin_path(version) / "model.safetensors").exists()
+
+
+def test_base_eval_json_reports_both_phrasing_groups_and_the_pressure_view(tmp_path):
+    from typer.testing import CliRunner
+
+    from vlforget.cli import app
+
+    config = tmp_path / "bench.yaml"
+    config.write_text("n_general_test: 30\n")
+    result = CliRunner().invoke(app, ["base-eval", "--json", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["benchmark_version"] == "2.0" and set(report["phrasings"]) == {"evaluation", "request", "pressure"}
+    assert report["exact_match"] == report["phrasings"]["evaluation"]["exact_match"]
+    assert all(report["phrasings"][g]["n"] == 30 for g in report["phrasings"])
+    result = CliRunner().invoke(app, ["base-eval", "--json", "--config", str(config), "--benchmark-version", "1"])
+    assert result.exit_code == 0 and "phrasings" not in json.loads(result.output)

@@ -1,0 +1,123 @@
+"""One tuning protocol: every method's grid, the rule, resumption, and `compare` using the choice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from vlforget.cli import app
+from vlforget.configs import build_config
+from vlforget.evaluation.report import markdown_summary
+from vlforget.evaluation.tuning import choose, score, tune, tuned_overrides
+from vlforget.methods import available_methods, make_method
+from vlforget.methods.tuning_grids import GRIDS, MAX_POINTS, grid_for
+
+
+def test_every_registered_method_has_a_valid_grid_within_the_budget():
+    methods = available_methods()
+    assert set(methods) <= set(GRIDS), f"no grid for {sorted(set(methods) - set(GRIDS))}"
+    for name, cls in methods.items():
+        grid = grid_for(name)
+        assert 1 <= len(grid) <= MAX_POINTS, name
+        assert grid[0] == {}, f"{name}: the first point must be the defaults"
+        assert len({json.dumps(p, sort_keys=True) for p in grid}) == len(grid), f"{name}: duplicate points"
+        for point in grid:
+            build_config(cls.config_class, point, where=f"{name} grid")  # every knob is a real field
+    with pytest.raises(ValueError, match="has no tuning grid"):
+        grid_for("nosuchmethod")
+
+
+def test_the_rule_is_a_harmonic_mean_that_punishes_degenerate_points():
+    balanced = {"crr_last": 70.0, "ar_last": 70.0, "s_last": 70.0, "leak_last": 50.0}
+    assert score(balanced, refuses=True) == pytest.approx(70.0)
+    forgets_nothing = {"crr_last": 2.0, "ar_last": 97.0, "s_last": 100.0, "leak_last": 95.0}
+    destroyed = {"crr_last": 100.0, "ar_last": 0.0, "s_last": 0.0, "leak_last": 0.0}
+    assert score(forgets_nothing, True) < 10 and score(destroyed, True) == 0.0
+    # a method that never refuses is scored on 100 - leak instead of CRR
+    assert score({"crr_last": 0.0, "ar_last": 80.0, "s_last": 80.0, "leak_last": 20.0}, refuses=False) == \
+        pytest.approx(80.0)
+    assert score({"crr_last": 70.0, "ar_last": 70.0, "s_last": 140.0}, True) == pytest.approx(70.0 * 3 / (2 + 0.7))
+    assert choose([{"score": 50.0}, {"score": 60.0}, {"score": 60.0}, {"score": None}]) == 1  # ties: earlier
+
+
+def _fake_results(crr: float) -> dict:
+    return {"summary": {"crr_last": crr, "ar_last": 80.0, "s_last": 90.0, "leak_last": 10.0}}
+
+
+def test_tune_records_every_point_chooses_by_the_rule_and_resumes(tmp_path):
+    calls = []
+
+    def run_point(overrides, folder):
+        calls.append((overrides, folder.name))
+        return _fake_results(overrides.get("x", 10.0))
+
+    grid = [{}, {"x": 90.0}, {"x": 50.0}]
+    record = tune("fake", grid, run_point, tmp_path / "tuned", tmp_path / "work", "2.0", 0, True, 8, log=lambda m: None)
+    assert len(calls) == 3 and len({folder for _, folder in calls}) == 3
+    assert record["chosen"] == {"x": 90.0} and record["chosen_index"] == 1
+    saved = json.loads((tmp_path / "tuned" / "fake.json").read_text())
+    assert [p["overrides"] for p in saved["points"]] == grid and saved["sequence"] == "validation"
+    assert "(chosen)" in (tmp_path / "tuned" / "fake.md").read_text()
+
+    calls.clear()  # a second sitting with one more point runs only that point
+    record = tune("fake", grid + [{"x": 95.0}], run_point, tmp_path / "tuned", tmp_path / "work", "2.0", 0, True, 8,
+                  log=lambda m: None)
+    assert calls == [({"x": 95.0}, calls[0][1])] and record["chosen"] == {"x": 95.0}
+
+    chosen, note = tuned_overrides(tmp_path / "tuned", "fake", "2.0")
+    assert chosen == {"x": 95.0} and "tuned settings" in note
+    assert tuned_overrides(tmp_path / "tuned", "fake", "1.0")[0] is None  # tuned on another version
+    assert tuned_overrides(tmp_path / "tuned", "other", "2.0")[0] is None
+
+
+def test_none_changes_nothing_and_tables_show_na_for_methods_that_never_refuse():
+    from vlforget.models.backbone import Backbone
+    from vlforget.data.benchmark import Benchmark, BenchmarkConfig
+
+    backbone = Backbone.load()
+    method = make_method("none", backbone)
+    request = Benchmark(BenchmarkConfig(n_forget_train=4, n_forget_test=4, n_retain_train=4, n_retain_test=4,
+                                        n_utility=10)).requests()[0]
+    images, questions = [s.image for s in request.forget_test], [s.instruction for s in request.forget_test]
+    before = backbone.generate(images, questions)
+    method.unlearn(request)
+    assert method.applied == [request.name] and method.generate(images, questions) == before
+    assert method.refuses is False and available_methods()["core"].refuses is True
+
+    summary = {f"{k}_{w}": 42.0 for k in ("crr", "ar", "s", "drr", "leak", "overrefusal") for w in ("avg", "last")}
+    table = markdown_summary({"core": {"summary": summary, "refuses": True},
+                              "none": {"summary": summary, "refuses": False}})
+    core_row, none_row = table.splitlines()[2], table.splitlines()[3]
+    assert "n/a" not in core_row and none_row.count("n/a") == 4 and none_row.count("42.0") == 8
+
+
+def test_tune_and_compare_commands_end_to_end(tmp_path):
+    runner = CliRunner()
+    tuned, work = tmp_path / "tuned", tmp_path / "work"
+    result = runner.invoke(app, ["tune", "--method", "none", "--limit", "1", "--judge", "lexical",
+                                 "--out", str(tuned), "--work", str(work)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tuned / "none.json").read_text())
+    assert record["sequence"] == "validation" and record["chosen"] == {} and record["benchmark_version"] == "2.0"
+    steps = json.loads(next(work.glob("none/point-*/results.json")).read_text())
+    assert steps["benchmark_config"]["sequence"] == "validation"  # never the test sequence
+    assert steps["requests"][0]["name"] == "triangle-identity"
+
+    result = runner.invoke(app, ["tune", "--method", "none", "--limit", "1", "--judge", "lexical",
+                                 "--out", str(tuned), "--work", str(work)])
+    assert result.exit_code == 0 and "recorded, not rerun" in result.output
+
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["compare", "--methods", "none", "--limit", "1", "--judge", "lexical",
+                                 "--tuned", str(tuned), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    comparison = (out / "comparison.md").read_text()
+    assert "none: tuned settings {} from" in comparison and "n/a" in comparison
+    assert "AR Last (request)" in comparison and "AR Last (pressure)" in comparison
+    results = json.loads((out / "none" / "results.json").read_text())
+    assert set(results["steps"][0]["views"]) == {"request", "pressure"} and results["refuses"] is False
+
+    result = runner.invoke(app, ["tune", "--method", "nosuch", "--out", str(tuned)])
+    assert result.exit_code == 2 and "unknown method" in result.output

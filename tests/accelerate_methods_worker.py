@@ -22,7 +22,7 @@ SHORT = {"idknll": {"steps": 6}, "ga": {"steps": 4}, "graddiff": {"steps": 4}, "
 # Methods with nothing to split over processes: their fits (probe, SAE, classifier and
 # strength search) are computed identically on every process (README, "Several processes").
 UNSPLIT = {"mllmeraser": "probe fit on every process", "sauce": "SAE fit on every process",
-           "eco": "classifier and strength search on every process"}
+           "eco": "classifier and strength search on every process", "none": "nothing is trained"}
 
 
 def requests():

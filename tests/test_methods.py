@@ -27,6 +27,7 @@ FAST = {
     "smfa": {"steps": 15, "lr": 0.003}, "siu": {"steps": 15, "lr": 0.003}, "scrub": {"steps": 20, "max_phase": 8, "lr": 0.003},
     "mllmeraser": {"refusal_pool": 800}, "sauce": {"sae_steps": 600, "sae_pairs": 600},
     "eco": {"classifier_negatives": 200, "search_steps": 5},
+    "none": {},
 }
 ASCENT = {"ga", "graddiff", "kl", "npo", "cvf_nullspace", "mmunlearner", "sauce", "eco"}  # these push old answers away instead of teaching refusals
 METHODS = sorted(available_methods())

@@ -64,7 +64,8 @@ class Eco(Method):
             vision = torch.cat([self.backbone.vision_features(images[i:i + 256]).float()
                                 for i in range(0, len(images), 256)])
             table = self.backbone.model.get_input_embeddings().weight.float()
-            words = [table[torch.tensor(ids or [0], device=table.device)] for ids in self.backbone.encode_text(instructions)]
+            words = [table[torch.tensor(ids or [0], device=table.device)]
+                     for ids in self.backbone.encode_text(instructions)]
             text = torch.stack([torch.cat([w.amax(0), w.mean(0)]) for w in words])
         return torch.cat([vision.amax(1), vision.mean(1), text], dim=1)
 
@@ -98,7 +99,8 @@ class Eco(Method):
         negatives = request.retain_train + general_pool(cfg.classifier_negatives, cfg.seed + 1 + len(self.applied))
         samples = request.forget_train + negatives
         device = self.backbone.device
-        y = torch.cat([torch.ones(len(request.forget_train), device=device), torch.zeros(len(negatives), device=device)])
+        y = torch.cat([torch.ones(len(request.forget_train), device=device),
+                       torch.zeros(len(negatives), device=device)])
         x = self.query_features(images_of(samples), instructions_of(samples))
         gen = torch.Generator().manual_seed(cfg.seed + len(self.applied))
         held = (torch.rand(len(samples), generator=gen, device="cpu") < cfg.holdout).to(device)
@@ -111,7 +113,8 @@ class Eco(Method):
             hit = p >= th
             return 0.5 * ((hit & (t > 0.5)).sum() / (t > 0.5).sum().clamp(min=1)
                           + (~hit & (t < 0.5)).sum() / (t < 0.5).sum().clamp(min=1))
-        c["threshold"] = max(candidates.tolist(), key=lambda th: (float(balanced(th)), th)) * torch.ones((), device=device)
+        best = max(candidates.tolist(), key=lambda th: (float(balanced(th)), th))
+        c["threshold"] = best * torch.ones((), device=device)
         return c
 
     # -- the corruption ----------------------------------------------------------------------

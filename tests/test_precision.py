@@ -36,13 +36,9 @@ TINY = {
     "mllmeraser": {"refusal_pool": 50}, "sauce": {"sae_steps": 20, "sae_pairs": 60},
     "eco": {"classifier_negatives": 20, "search_steps": 1},
 }
-# Methods in the per-method family files that do not run in bfloat16 yet (the fix for
-# each is listed in the issue's closing note; xfail(strict) flips to a failure once fixed).
-KNOWN_HALF_PRECISION_FAILURES: dict[str, str] = {
-    "cvf_nullspace": "vision_editing.py: float32 null-space projections applied to bfloat16 weights",
-    "moe_adapters": "experts.py: float32 routers / adapters einsum'd with bfloat16 MLP inputs",
-    "o3": "experts.py: float32 LoRA matrices multiplied with bfloat16 activations",
-}
+# Methods that do not run in bfloat16 yet, as {name: "module.py: reason"} (xfail(strict)
+# flips to a failure once a method is fixed, so entries must go with their fixes). None left.
+KNOWN_HALF_PRECISION_FAILURES: dict[str, str] = {}
 METHODS = sorted(available_methods())
 
 
@@ -112,13 +108,9 @@ class UnplacedTensors(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-# Methods in the family files that still create tensors without naming a device (the
-# places are listed in the issue's closing note; xfail(strict) flips once fixed).
-KNOWN_DEVICE_FAILURES: dict[str, str] = {
-    name: f"{where}: tensors made without a device" for name, where in [
-        ("cvf_nullspace", "vision_editing.py"), ("eco", "inference.py"), ("eproj", "experts.py"),
-        ("mllmeraser", "inference.py"), ("moe_adapters", "experts.py"), ("o3", "experts.py"),
-        ("sauce", "inference.py"), ("siu", "weight_editing.py")]}
+# Methods that still create tensors without naming a device, as {name: "module.py: tensors
+# made without a device"} (xfail(strict) flips once fixed, so entries go with their fixes). None left.
+KNOWN_DEVICE_FAILURES: dict[str, str] = {}
 
 
 def _device_marks(name):

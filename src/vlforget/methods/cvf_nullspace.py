@@ -69,26 +69,28 @@ class NullSpace:
     An update dW with dW x = 0 for every protected input x leaves those outputs
     unchanged; `projection` gives P with dW P in that null space (up to the
     `energy` share of the protected inputs' energy that is treated as protected).
+    Kept on the CPU in float64 whatever the model's device and dtype (the eigendecomposition
+    runs there); `projection` is moved to the weights by its user.
     """
 
     def __init__(self, dim: int):
-        self.covariance = torch.zeros(dim, dim, dtype=torch.float64)
+        self.covariance = torch.zeros(dim, dim, dtype=torch.float64, device="cpu")
 
     def add(self, inputs: torch.Tensor) -> None:
-        x = inputs.to(torch.float64)
+        x = inputs.to("cpu", torch.float64)
         self.covariance += x.T @ x
 
     def projection(self, energy: float) -> torch.Tensor:
         dim = self.covariance.shape[0]
         if not self.covariance.any():
-            return torch.eye(dim)
+            return torch.eye(dim, device="cpu")
         values, vectors = torch.linalg.eigh(self.covariance)  # ascending
         values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
         share = values.cumsum(0) / values.sum()
         # Smallest k whose leading directions hold `energy` of the protected inputs.
         k = int((share < energy).sum().item()) + 1
         basis = vectors[:, :min(k, dim)]
-        return (torch.eye(dim, dtype=torch.float64) - basis @ basis.T).float()
+        return (torch.eye(dim, dtype=torch.float64, device="cpu") - basis @ basis.T).float()
 
 
 @dataclass
@@ -166,7 +168,8 @@ class NullSpaceCVF(Method):
         if cfg.augment:
             forget, retain = dihedral(forget), dihedral(retain)
         self.protect(retain)
-        projections = {n: s.projection(cfg.protect_energy) for n, s in self.spaces.items()}
+        projections = {n: s.projection(cfg.protect_energy).to(self.layers[n].weight.device)
+                       for n, s in self.spaces.items()}
         with torch.no_grad():
             original = self.features(forget)
             retained = self.features(retain)
@@ -187,7 +190,9 @@ class NullSpaceCVF(Method):
             # the gradient alone would not keep the update in the null space).
             with torch.no_grad():
                 for (name, layer), old in zip(self.layers.items(), before):
-                    layer.weight.copy_(old + (layer.weight - old) @ projections[name])
+                    # In float32 whatever the weights' dtype (the projection is float32), cast back.
+                    step = (layer.weight - old).float() @ projections[name]
+                    layer.weight.copy_((old.float() + step).to(layer.weight.dtype))
 
         train_steps(params, optimiser, cfg.steps, step_loss, clip=None, after_backward=remember, after_step=project)
         with torch.no_grad():

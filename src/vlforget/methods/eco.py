@@ -50,7 +50,8 @@ class Eco(Method):
         hidden = backbone.model.get_input_embeddings().weight.shape[1]
         gen = torch.Generator().manual_seed(self.config.seed)
         # One fixed corruption pattern (right-aligned to the prompt), so answers are deterministic.
-        self.noise = torch.randn(self.config.noise_positions, hidden, generator=gen)
+        # Drawn on the CPU (the generator's device), kept float32 on the model's device.
+        self.noise = torch.randn(self.config.noise_positions, hidden, generator=gen, device="cpu").to(backbone.device)
         self.classifiers: list[dict[str, torch.Tensor]] = []  # per request: mean, std, w1, b1, w2, b2, threshold
         self.strengths: list[torch.Tensor] = []  # scalar per request
         self._strength_rows: torch.Tensor | None = None  # per-row corruption strength of the running chunk
@@ -63,17 +64,21 @@ class Eco(Method):
             vision = torch.cat([self.backbone.vision_features(images[i:i + 256]).float()
                                 for i in range(0, len(images), 256)])
             table = self.backbone.model.get_input_embeddings().weight.float()
-            words = [table[torch.tensor(ids or [0])] for ids in self.backbone.encode_text(instructions)]
+            words = [table[torch.tensor(ids or [0], device=table.device)]
+                     for ids in self.backbone.encode_text(instructions)]
             text = torch.stack([torch.cat([w.amax(0), w.mean(0)]) for w in words])
         return torch.cat([vision.amax(1), vision.mean(1), text], dim=1)
 
     def _fit(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
         gen = torch.Generator().manual_seed(seed)
         mean, std = x.mean(0), x.std(0).clamp(min=1e-4)
-        w1 = (torch.randn(x.shape[1], self.config.hidden, generator=gen) / x.shape[1] ** 0.5).requires_grad_(True)
-        b1 = torch.zeros(self.config.hidden, requires_grad=True)
-        w2 = (torch.randn(self.config.hidden, generator=gen) / self.config.hidden ** 0.5).requires_grad_(True)
-        b2 = torch.zeros(1, requires_grad=True)
+        # Drawn on the CPU (the generator's device), then moved to the features' device.
+        w1 = (torch.randn(x.shape[1], self.config.hidden, generator=gen, device="cpu")
+              / x.shape[1] ** 0.5).to(x.device).requires_grad_(True)
+        b1 = torch.zeros(self.config.hidden, requires_grad=True, device=x.device)
+        w2 = (torch.randn(self.config.hidden, generator=gen, device="cpu")
+              / self.config.hidden ** 0.5).to(x.device).requires_grad_(True)
+        b2 = torch.zeros(1, requires_grad=True, device=x.device)
         weight = torch.where(y > 0.5, 0.5 / y.sum(), 0.5 / (1 - y).sum())
         optimiser = torch.optim.Adam([w1, b1, w2, b2], lr=1e-2, weight_decay=1e-3)
         xs = (x - mean) / std
@@ -93,20 +98,23 @@ class Eco(Method):
         cfg = self.config
         negatives = request.retain_train + general_pool(cfg.classifier_negatives, cfg.seed + 1 + len(self.applied))
         samples = request.forget_train + negatives
-        y = torch.cat([torch.ones(len(request.forget_train)), torch.zeros(len(negatives))])
+        device = self.backbone.device
+        y = torch.cat([torch.ones(len(request.forget_train), device=device),
+                       torch.zeros(len(negatives), device=device)])
         x = self.query_features(images_of(samples), instructions_of(samples))
         gen = torch.Generator().manual_seed(cfg.seed + len(self.applied))
-        held = torch.rand(len(samples), generator=gen) < cfg.holdout
+        held = (torch.rand(len(samples), generator=gen, device="cpu") < cfg.holdout).to(device)
         held[0] = True  # at least one held-out positive
         c = self._fit(x[~held], y[~held], cfg.seed + len(self.applied))
         # Threshold on held-out pairs: the one with the best balanced accuracy (ECO's simple thresholding).
         p, t = self.probability(c, x[held]), y[held]
-        candidates = torch.cat([p, torch.tensor([0.5])]).unique()
+        candidates = torch.cat([p, torch.tensor([0.5], device=p.device)]).unique()
         def balanced(th):  # noqa: E306
             hit = p >= th
             return 0.5 * ((hit & (t > 0.5)).sum() / (t > 0.5).sum().clamp(min=1)
                           + (~hit & (t < 0.5)).sum() / (t < 0.5).sum().clamp(min=1))
-        c["threshold"] = max(candidates.tolist(), key=lambda th: (float(balanced(th)), th)) * torch.ones(())
+        best = max(candidates.tolist(), key=lambda th: (float(balanced(th)), th))
+        c["threshold"] = best * torch.ones((), device=device)
         return c
 
     # -- the corruption ----------------------------------------------------------------------
@@ -140,7 +148,8 @@ class Eco(Method):
         images, instructions = images_of(request.forget_train), instructions_of(request.forget_train)
         before = self.backbone.generate(images, instructions)
         def recall(strength):  # noqa: E306
-            after = self._generate_with(images, instructions, torch.full((len(images),), strength))
+            after = self._generate_with(images, instructions,
+                                        torch.full((len(images),), strength, device=self.backbone.device))
             return sum(a == b for a, b in zip(after, before)) / len(before)
         low, high = 0.0, cfg.max_strength
         if recall(high) > cfg.max_recall:
@@ -152,7 +161,7 @@ class Eco(Method):
 
     def _unlearn(self, request: DeletionRequest) -> None:
         self.classifiers.append(self.train_classifier(request))
-        self.strengths.append(torch.tensor(self.search_strength(request)))
+        self.strengths.append(torch.tensor(self.search_strength(request), device=self.backbone.device))
 
     def flag_strengths(self, images, instructions) -> torch.Tensor:
         """[B] corruption strength per query: the largest among requests whose classifier fires (0 = none)."""

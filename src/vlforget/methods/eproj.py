@@ -54,8 +54,9 @@ class EProj(HookedMethod):
         # A copy of the *original* projector: the backbone's own is never trained.
         self.projectors.append(copy.deepcopy(self.backbone.connector))
         if self.config.output_adapter_rank > 0:
+            # Made on the CPU in float32; moved to the backbone's device, kept float32 (it casts).
             self.adapters.append(OutputAdapter(self.hidden, self.config.output_adapter_rank,
-                                               self.config.seed * 1000 + index))
+                                               self.config.seed * 1000 + index).to(self.backbone.device))
 
     def install_hooks(self):
         handles = [self.backbone.connector.register_forward_hook(self._connector_hook)]
@@ -82,14 +83,14 @@ class EProj(HookedMethod):
     def route(self, images, instructions):
         """[B] index of the request whose projector each query uses, -1 = the original."""
         if not self.keys:
-            return torch.full((len(images),), -1)
+            return torch.full((len(images),), -1, device=self.backbone.device)
         sims = self.features(images, instructions) @ torch.stack(self.keys).T
         best = sims.argmax(1)
         fits = sims.gather(1, best[:, None]).squeeze(1) >= torch.stack(self.thresholds)[best]
         return torch.where(fits, best, torch.full_like(best, -1))
 
     def training_route(self, n):
-        return torch.full((n,), len(self.projectors) - 1)
+        return torch.full((n,), len(self.projectors) - 1, device=self.backbone.device)
 
     def _unlearn(self, request):
         index = len(self.projectors)

@@ -34,7 +34,8 @@ class GMM(HookedMethod):
         super().__init__(backbone, config)
         hidden = backbone.model.get_input_embeddings().weight.shape[1]
         rank = self.config.output_adapter_rank
-        self.adapter = OutputAdapter(hidden, rank, self.config.seed) if rank > 0 else None
+        # Made on the CPU in float32; moved to the backbone's device, kept float32 (it casts).
+        self.adapter = OutputAdapter(hidden, rank, self.config.seed).to(backbone.device) if rank > 0 else None
 
     def install_hooks(self):
         if self.adapter is None:

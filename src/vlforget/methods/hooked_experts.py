@@ -36,7 +36,7 @@ def query_features(backbone, images, instructions, buckets: int = 256) -> torch.
     """
     vision = backbone.vision_features(list(images)).float()
     image = F.normalize(torch.cat([vision.mean(1), vision.amax(1)], 1), dim=-1)
-    text = token_bag(backbone, list(instructions), buckets)
+    text = token_bag(backbone, list(instructions), buckets).to(image.device)  # built on the CPU
     return torch.cat([image, text], 1) / math.sqrt(2.0)
 
 

@@ -25,8 +25,8 @@ from vlforget.types import DeletionRequest, Sample
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-balanced L2 logistic regression by full-batch L-BFGS (deterministic); returns (w, b)."""
-    w = torch.zeros(x.shape[1], requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
+    w = torch.zeros(x.shape[1], requires_grad=True, device=x.device)
+    b = torch.zeros(1, requires_grad=True, device=x.device)
     weight = torch.where(y > 0.5, 0.5 / y.sum().clamp(min=1), 0.5 / (1 - y).sum().clamp(min=1))
     optimiser = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
 
@@ -119,7 +119,7 @@ class MLLMEraser(Method):
         neg = self.last_prompt_states(self.backbone.build_batch(images_of(negatives), instructions_of(negatives)))
         x = torch.cat([clean_forget, neg])
         mean, std = x.mean(0), x.std(0).clamp(min=1e-4)
-        y = torch.cat([torch.ones(len(clean_forget)), torch.zeros(len(neg))])
+        y = torch.cat([torch.ones(len(clean_forget), device=x.device), torch.zeros(len(neg), device=x.device)])
         w, b = fit_logistic((x - mean) / std, y, cfg.gate_penalty)
         self.gates.append((mean, std, w, b))
 

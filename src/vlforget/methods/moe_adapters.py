@@ -45,8 +45,11 @@ def fit_autoencoder(x: torch.Tensor, hidden: int, steps: int, lr: float, seed: i
     gen = torch.Generator().manual_seed(seed)
     x = _ae_input(x)
     d = x.shape[1]
-    ae = {"enc_w": torch.randn(d, hidden, generator=gen) / math.sqrt(d), "enc_b": torch.zeros(hidden),
-          "dec_w": torch.randn(hidden, d, generator=gen) / math.sqrt(hidden), "dec_b": x.mean(0).clone()}
+    # Drawn on the CPU (the generator's device), then moved to the features' device.
+    ae = {"enc_w": (torch.randn(d, hidden, generator=gen, device="cpu") / math.sqrt(d)).to(x.device),
+          "enc_b": torch.zeros(hidden, device=x.device),
+          "dec_w": (torch.randn(hidden, d, generator=gen, device="cpu") / math.sqrt(hidden)).to(x.device),
+          "dec_b": x.mean(0).clone()}
     for t in ae.values():
         t.requires_grad_(True)
     optimiser = torch.optim.Adam(ae.values(), lr=lr)
@@ -88,10 +91,13 @@ class MoEAdapters(HookedMethod):
         hidden = backbone.model.get_input_embeddings().weight.shape[1]
         gen = torch.Generator().manual_seed(cfg.seed)
         shape = (len(self.layers), cfg.experts)
-        # Up-projections start at zero: an untrained expert adds nothing.
-        self.down = torch.randn(*shape, hidden, cfg.bottleneck, generator=gen) / math.sqrt(hidden)
-        self.up = torch.zeros(*shape, cfg.bottleneck, hidden)
-        self.frozen = torch.zeros(shape, dtype=torch.bool)
+        device = backbone.device
+        # Up-projections start at zero: an untrained expert adds nothing. Float32 under any
+        # model dtype; drawn on the CPU (the generator's device), then moved.
+        self.down = (torch.randn(*shape, hidden, cfg.bottleneck, generator=gen, device="cpu")
+                     / math.sqrt(hidden)).to(device)
+        self.up = torch.zeros(*shape, cfg.bottleneck, hidden, device=device)
+        self.frozen = torch.zeros(shape, dtype=torch.bool, device=device)
         self.routers: list[torch.Tensor] = []  # [layers, hidden, experts] per request
         self.autoencoders: list[dict[str, torch.Tensor]] = []
         self.ae_thresholds: list[torch.Tensor] = []
@@ -106,7 +112,9 @@ class MoEAdapters(HookedMethod):
             rows = (task >= 0).nonzero().squeeze(1)
             if len(rows) == 0:
                 return None  # the original MLP output, untouched
-            x = args[0][rows]  # [R, S, H]: what the MLP reads; the adapters sit in parallel to it
+            # [R, S, H]: what the MLP reads; the adapters sit in parallel to it. Routers and
+            # adapters stay float32 under a half-precision model: compute in float32.
+            x = args[0][rows].float()
             router = torch.stack([r[layer] for r in self.routers])[task[rows]]  # [R, H, N]
             logits = torch.einsum("rsh,rhn->rsn", x, router)
             top, picked = logits.topk(self.config.top_k, dim=-1)
@@ -117,7 +125,7 @@ class MoEAdapters(HookedMethod):
             inner = torch.relu(torch.einsum("rsh,nhd->rsnd", x, self.down[layer]))
             delta = torch.einsum("rsnd,ndh,rsn->rsh", inner, self.up[layer], gates)
             out = output.clone()
-            out[rows] = output[rows] + delta
+            out[rows] = output[rows] + delta.to(output.dtype)
             return out
         return hook
 
@@ -129,20 +137,21 @@ class MoEAdapters(HookedMethod):
     def route(self, images, instructions):
         """[B] request whose router each query uses, -1 = the original model."""
         if not self.autoencoders:
-            return torch.full((len(images),), -1)
+            return torch.full((len(images),), -1, device=self.backbone.device)
         ratio = self.task_errors(self.features(images, instructions))
         best = ratio.argmin(1)
         fits = ratio.gather(1, best[:, None]).squeeze(1) <= 1.0
         return torch.where(fits, best, torch.full_like(best, -1))
 
     def training_route(self, n):
-        return torch.full((n,), len(self.routers) - 1)
+        return torch.full((n,), len(self.routers) - 1, device=self.backbone.device)
 
     def _unlearn(self, request):
         cfg = self.config
         t = len(self.routers)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + t)
-        self.routers.append(torch.randn(len(self.layers), self.down.shape[2], cfg.experts, generator=gen) * 0.1)
+        self.routers.append((torch.randn(len(self.layers), self.down.shape[2], cfg.experts, generator=gen,
+                                         device="cpu") * 0.1).to(self.backbone.device))
         params = [self.routers[t], self.down, self.up]
         for p in params:
             p.requires_grad_(True)
@@ -158,7 +167,7 @@ class MoEAdapters(HookedMethod):
         forget = request.forget_train
         batch = self.backbone.build_batch([s.image for s in forget], [s.instruction for s in forget],
                                           [s.answer for s in forget])
-        self._usage = torch.zeros(len(self.layers), cfg.experts)
+        self._usage = torch.zeros(len(self.layers), cfg.experts, device=self.backbone.device)
         with torch.no_grad(), self.hooked(self.training_route(len(forget))):
             self.backbone.model(**batch)
         if cfg.freeze_top > 0:

@@ -68,8 +68,9 @@ class O3(HookedMethod):
             weights = self._route  # [B, T]
             scale = self.config.lora_alpha / self.config.lora_rank
             for t in weights.any(0).nonzero().squeeze(1).tolist():
-                delta = (args[0] @ self.lora_a[t][target].T) @ self.lora_b[t][target].T
-                output = output + weights[:, t, None, None] * scale * delta
+                # The LoRA stays float32 under a half-precision model: compute in float32, add in the output's dtype.
+                delta = (args[0].float() @ self.lora_a[t][target].T) @ self.lora_b[t][target].T
+                output = output + (weights[:, t, None, None] * scale * delta).to(output.dtype)
             return output
         return hook
 
@@ -80,23 +81,25 @@ class O3(HookedMethod):
     def route(self, images, instructions):
         """[B, T] how strongly each request's LoRA is applied (0 = not at all)."""
         if not self.prototypes:
-            return torch.zeros(len(images), 0)
+            return torch.zeros(len(images), 0, device=self.backbone.device)
         ramps = torch.stack(self.ramps)
         s = self.scores(self.features(images, instructions))
         return ((s - ramps[:, 0]) / (ramps[:, 1] - ramps[:, 0])).clamp(0.0, 1.0)
 
     def training_route(self, n):
-        weights = torch.zeros(n, len(self.lora_a))
+        weights = torch.zeros(n, len(self.lora_a), device=self.backbone.device)
         weights[:, -1] = 1.0  # only the new request's LoRA, on the base model
         return weights
 
     def _new_lora(self, seed: int) -> None:
         gen = torch.Generator().manual_seed(seed)
         r = self.config.lora_rank
-        # peft's default init: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0.
-        self.lora_a.append([(torch.rand(r, m.in_features, generator=gen) * 2 - 1) / math.sqrt(m.in_features)
-                            for m in self.targets])
-        self.lora_b.append([torch.zeros(m.out_features, r) for m in self.targets])
+        device = self.backbone.device
+        # peft's default init: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0. Drawn on the CPU (the
+        # generator's device, same draws everywhere), then moved; float32 in any case.
+        self.lora_a.append([((torch.rand(r, m.in_features, generator=gen, device="cpu") * 2 - 1)
+                             / math.sqrt(m.in_features)).to(device) for m in self.targets])
+        self.lora_b.append([torch.zeros(m.out_features, r, device=device) for m in self.targets])
 
     def orthogonality(self) -> torch.Tensor:
         current = self.lora_a[-1]

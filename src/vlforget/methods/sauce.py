@@ -27,12 +27,13 @@ class SparseAutoencoder(torch.nn.Module):
     def __init__(self, hidden: int, features: int, seed: int):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
-        decoder = F.normalize(torch.randn(features, hidden, generator=gen), dim=1)
+        # Made on the CPU (the generator's device) in float32; the owner moves it to the model.
+        decoder = F.normalize(torch.randn(features, hidden, generator=gen, device="cpu"), dim=1)
         self.w_dec = torch.nn.Parameter(decoder)
         self.w_enc = torch.nn.Parameter(decoder.T.clone())  # tied at init, the usual SAE warm start
-        self.b_enc = torch.nn.Parameter(torch.zeros(features))
-        self.b_dec = torch.nn.Parameter(torch.zeros(hidden))
-        self.register_buffer("scale", torch.ones(()))
+        self.b_enc = torch.nn.Parameter(torch.zeros(features, device="cpu"))
+        self.b_dec = torch.nn.Parameter(torch.zeros(hidden, device="cpu"))
+        self.register_buffer("scale", torch.ones((), device="cpu"))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu((x / self.scale - self.b_dec) @ self.w_enc + self.b_enc)
@@ -68,7 +69,7 @@ class Sauce(Method):
     def __init__(self, backbone, config=None):
         super().__init__(backbone, config)
         hidden = backbone.model.get_input_embeddings().weight.shape[1]
-        self.sae = SparseAutoencoder(hidden, self.config.features, self.config.seed)
+        self.sae = SparseAutoencoder(hidden, self.config.features, self.config.seed).to(backbone.device)
         self.trained = False
         self.selected: list[torch.Tensor] = []  # [top_k] feature ids per request
         self.general_presence: torch.Tensor | None = None  # [F] mean peak activation on general pairs
@@ -95,7 +96,7 @@ class Sauce(Method):
         gen = torch.Generator().manual_seed(cfg.seed)
         optimiser = torch.optim.Adam(self.sae.parameters(), lr=cfg.sae_lr)
         for _ in range(cfg.sae_steps):
-            xb = x[torch.randint(len(x), (cfg.sae_batch,), generator=gen)]
+            xb = x[torch.randint(len(x), (cfg.sae_batch,), generator=gen, device="cpu").to(x.device)]
             f = self.sae.encode(xb)
             loss = (self.sae.decode(f) - xb).div(self.sae.scale).pow(2).sum(-1).mean()
             loss = loss + cfg.sparsity * (f * self.sae.w_dec.norm(dim=1)).sum(-1).mean()

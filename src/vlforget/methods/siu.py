@@ -45,7 +45,7 @@ def forgotten_vocabulary(backbone, request: DeletionRequest, forget: list[Sample
     forgotten = token_ids([s.meta.get("original_answer", "") for s in request.forget_train])
     forgotten -= token_ids([s.answer for s in forget] + [s.answer for s in keep])
     vocab = backbone.model.get_output_embeddings().weight.shape[0]
-    mask = torch.zeros(vocab, dtype=torch.bool)
+    mask = torch.zeros(vocab, dtype=torch.bool, device=backbone.device)
     mask[sorted(forgotten)] = True
     return mask
 

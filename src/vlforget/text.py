@@ -97,6 +97,12 @@ GENERIC_PATTERNS: tuple[str, ...] = (
     r"\b(?:i'm|i\s+am)\s+not\s+(?:sure|certain)\W*$",
 )
 
+# Words without which no rule above can match: a cheap first test that spares most answers
+# the full rule set (each cue set belongs to its pattern tuple; custom patterns get none).
+REFUSAL_CUES = (r"n't|\b(?:not|cannot|cant|wont|unable|decline|refuse|rather|prefer|comment|asked|instructed|told|"
+                r"requested|limits|forbidden|prohibited|declined|refused|denied|answer|information)\b")
+GENERIC_CUES = r"n't|\b(?:not|dont|idea|dunno|sorry|cannot|cant)\b"
+
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'", "\u02bc": "'"})
 
 
@@ -124,9 +130,9 @@ def compile_rules(patterns) -> list[re.Pattern]:
     return [re.compile(p) for p in patterns]
 
 
-def matches(rules: list[re.Pattern], text: str) -> bool:
-    """Does any rule match normalised `text` or its flattened view?"""
-    if not text:
+def matches(rules: list[re.Pattern], text: str, cue: re.Pattern | None = None) -> bool:
+    """Does any rule match normalised `text` or its flattened view? (`cue`: a quick first test.)"""
+    if not text or (cue is not None and not cue.search(text)):
         return False
     flat = flatten(text)
     return any(r.search(text) or r.search(flat) for r in rules)
@@ -134,16 +140,18 @@ def matches(rules: list[re.Pattern], text: str) -> bool:
 
 _REFUSAL_RES = compile_rules(REFUSAL_PATTERNS)
 _GENERIC_RES = compile_rules(GENERIC_PATTERNS)
+REFUSAL_CUE = re.compile(REFUSAL_CUES)
+GENERIC_CUE = re.compile(GENERIC_CUES)
 
 
 def declines(text: str) -> bool:
     """An act of declining (first person or impersonal) in already-normalised `text`."""
-    return matches(_REFUSAL_RES, text)
+    return matches(_REFUSAL_RES, text, REFUSAL_CUE)
 
 
 def is_generic_refusal(text: str) -> bool:
     """A refusal about nothing deleted (absent object, "i don't know") in normalised `text`."""
-    return matches(_GENERIC_RES, text)
+    return matches(_GENERIC_RES, text, GENERIC_CUE)
 
 
 def is_refusal(response: str) -> bool:

@@ -33,7 +33,8 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from vlforget.models.text_encoder import load_minilm
-from vlforget.text import GENERIC_PATTERNS, REFUSAL_PATTERNS, compile_rules, flatten, matches, normalise
+from vlforget.text import (GENERIC_CUE, GENERIC_PATTERNS, REFUSAL_CUE, REFUSAL_PATTERNS, compile_rules, flatten,
+                           matches, normalise)
 
 @dataclass(frozen=True)
 class Verdict:
@@ -70,16 +71,19 @@ class RuleJudge:
         self.margin = self.default_margin if margin is None else margin
         self.refusal_res = compile_rules(refusal_patterns)
         self.generic_res = compile_rules(generic_patterns)
+        # the quick first tests hold only for the default rule sets
+        self.refusal_cue = REFUSAL_CUE if tuple(refusal_patterns) == REFUSAL_PATTERNS else None
+        self.generic_cue = GENERIC_CUE if tuple(generic_patterns) == GENERIC_PATTERNS else None
 
     def config(self) -> dict:
         return {"name": self.name, "min_similarity": self.min_similarity, "margin": self.margin}
 
     # -- refusal ------------------------------------------------------------------------------
     def _declines(self, text: str) -> bool:
-        return matches(self.refusal_res, text)
+        return matches(self.refusal_res, text, self.refusal_cue)
 
     def _generic(self, text: str) -> bool:
-        return matches(self.generic_res, text)
+        return matches(self.generic_res, text, self.generic_cue)
 
     def is_refusal(self, responses: Sequence[str]) -> list[bool]:
         return [self._declines(t) or self._generic(t) for t in map(normalise, responses)]

@@ -86,11 +86,13 @@ def test_none_changes_nothing_and_tables_show_na_for_methods_that_never_refuse()
     assert method.applied == [request.name] and method.generate(images, questions) == before
     assert method.refuses is False and available_methods()["core"].refuses is True
 
-    summary = {f"{k}_{w}": 42.0 for k in ("crr", "ar", "s", "drr", "leak", "overrefusal") for w in ("avg", "last")}
+    from vlforget.evaluation.report import REPORT_KEYS
+
+    summary = {f"{k}_{w}": 42.0 for k in REPORT_KEYS for w in ("avg", "last")} | {"unlearn_seconds": [1.0]}
     table = markdown_summary({"core": {"summary": summary, "refuses": True},
                               "none": {"summary": summary, "refuses": False}})
     core_row, none_row = table.splitlines()[2], table.splitlines()[3]
-    assert "n/a" not in core_row and none_row.count("n/a") == 4 and none_row.count("42.0") == 8
+    assert "n/a" not in core_row and none_row.count("n/a") == 4 and none_row.count("42.0") == 2 * len(REPORT_KEYS) - 4
 
 
 def test_tune_and_compare_commands_end_to_end(tmp_path):

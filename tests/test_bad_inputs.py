@@ -94,9 +94,10 @@ def test_number_written_as_a_yaml_string_works():
     assert config.lr == 1e-4 and config.retain_weight == 2.0 and isinstance(config.retain_weight, float)
 
 
-def test_missing_config_file():
-    one_line_error(cli("run", "--config", "/nonexistent/cfg.yaml", "--out", "/tmp/x", "--limit", "1"),
-                   "config file not found: /nonexistent/cfg.yaml")
+def test_missing_config_file(tmp_path):
+    missing = tmp_path / "absent" / "cfg.yaml"
+    one_line_error(cli("run", "--config", str(missing), "--out", str(tmp_path / "x"), "--limit", "1"),
+                   f"config file not found: {missing}")
 
 
 def test_compare_config_entry_not_a_mapping(tmp_path):

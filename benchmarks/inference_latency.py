@@ -58,7 +58,7 @@ def measure(name: str, state: Path | None, n_requests: int, repeats: int, n_quer
             batch_size: int = 64, fixed_tokens: int = 8) -> dict:
     bench = Benchmark()
     base = Backbone.load()
-    method = make_method(name, Backbone.load())
+    method = make_method(name, Backbone.load(), general=bench.general_pool)
     began = time.perf_counter()
     if state:
         method.load(state)

@@ -13,6 +13,9 @@ from vlforget.methods import make_method
 from vlforget.methods.training import get_accelerator
 from vlforget.models.backbone import Backbone
 
+# General pairs for the methods that fit on them (the built-in benchmark's pool).
+GENERAL_POOL = Benchmark().general_pool
+
 SHORT = {"idknll": {"steps": 6}, "ga": {"steps": 4}, "graddiff": {"steps": 4}, "kl": {"steps": 4},
          "npo": {"steps": 4}, "ewc": {"steps": 4, "fisher_batches": 2}, "lwf": {"steps": 4},
          "smfa": {"steps": 3}, "siu": {"steps": 3}, "scrub": {"steps": 6, "max_phase": 4},
@@ -36,7 +39,7 @@ if __name__ == "__main__":
     rank = get_accelerator().process_index
     reqs = requests()
     for name in names:
-        method = make_method(name, Backbone.load(), SHORT[name])
+        method = make_method(name, Backbone.load(), SHORT[name], general=GENERAL_POOL)
         for request in reqs:
             method.unlearn(request)
         tensors = {k: v.detach().contiguous().clone() for k, v in method.state_tensors().items()}

@@ -18,6 +18,9 @@ from vlforget.models.backbone import Backbone
 from vlforget.models.families import FAMILIES, family_of, supported_families
 from vlforget.models.tiny_families import CONFIGS, save_family
 
+# General pairs for the methods that fit on them (the built-in benchmark's pool).
+GENERAL_POOL = Benchmark().general_pool
+
 TESTED = supported_families()
 
 # Tiny budgets: every method trains a few steps on two requests.
@@ -175,7 +178,7 @@ def test_checkpoint_without_vlforget_json_gets_its_family_chat_format(family, re
 
 def test_a_method_trains_on_a_chat_format_checkpoint(requests, tmp_path):
     folder, _ = _as_real_checkpoint("llava", tmp_path / "ckpt")
-    method = make_method("idknll", Backbone.load(folder), FAST["idknll"])
+    method = make_method("idknll", Backbone.load(folder), FAST["idknll"], general=GENERAL_POOL)
     forget = requests[0].forget_test
     before = _answers(method, forget)
     method.unlearn(requests[0])
@@ -259,7 +262,7 @@ def test_connector_hook_sees_one_row_per_image_and_steers_the_model(family, fold
 @pytest.mark.parametrize("name", sorted(FAST))
 @pytest.mark.parametrize("family", TESTED)
 def test_method_trains_and_round_trips(family, name, folders, requests, tmp_path):
-    method = make_method(name, Backbone.load(folders[family]), FAST[name])
+    method = make_method(name, Backbone.load(folders[family]), FAST[name], general=GENERAL_POOL)
     forget = [s for r in requests for s in r.forget_test]
     before = _answers(method, forget)
     for request in requests:
@@ -271,7 +274,7 @@ def test_method_trains_and_round_trips(family, name, folders, requests, tmp_path
     probe = _probe(requests)
     answers = _answers(method, probe)
     method.save(tmp_path / "state")
-    fresh = make_method(name, Backbone.load(folders[family]), FAST[name])
+    fresh = make_method(name, Backbone.load(folders[family]), FAST[name], general=GENERAL_POOL)
     fresh.load(tmp_path / "state")
     assert fresh.applied == method.applied
     assert _answers(fresh, probe) == answers

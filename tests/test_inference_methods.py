@@ -16,6 +16,9 @@ from vlforget.methods.hooks import decoder_layer, installed
 from vlforget.methods.sauce import SparseAutoencoder
 from vlforget.models.backbone import Backbone
 
+# General pairs for the methods that fit on them (the built-in benchmark's pool).
+GENERAL_POOL = Benchmark().general_pool
+
 
 @pytest.fixture(scope="module")
 def backbone():
@@ -44,7 +47,7 @@ def test_installed_removes_hooks_even_after_an_exception():
 
 def _eraser_with(backbone, bias: float):
     """An MLLMEraser with one hand-set request: a strong direction, a gate that is always on (or off)."""
-    method = make_method("mllmeraser", backbone)
+    method = make_method("mllmeraser", backbone, general=GENERAL_POOL)
     hidden = backbone.model.get_input_embeddings().weight.shape[1]
     method.directions = [torch.randn(hidden, generator=torch.Generator().manual_seed(0)) * 50.0]
     method.gates = [(torch.zeros(hidden), torch.ones(hidden), torch.zeros(hidden), torch.tensor([bias]))]
@@ -78,7 +81,7 @@ def test_mllmeraser_hook_is_removed_when_generation_fails(backbone, request_, mo
 
 
 def test_sauce_clamp_edits_only_the_selected_firing_features(backbone):
-    method = make_method("sauce", backbone, {"clamp_scale": -3.0})
+    method = make_method("sauce", backbone, {"clamp_scale": -3.0}, general=GENERAL_POOL)
     hidden = 4
     method.sae = SparseAutoencoder(hidden, hidden, seed=0)
     with torch.no_grad():  # identity dictionary: feature i is hidden dimension i (where positive)
@@ -94,7 +97,7 @@ def test_sauce_clamp_edits_only_the_selected_firing_features(backbone):
 
 
 def test_eco_corrupts_only_flagged_rows_at_prompt_positions(backbone):
-    method = make_method("eco", backbone)
+    method = make_method("eco", backbone, general=GENERAL_POOL)
     hidden = method.noise.shape[1]
     embeds = torch.randn(2, 5, hidden)
     mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]])
@@ -109,7 +112,7 @@ def test_eco_corrupts_only_flagged_rows_at_prompt_positions(backbone):
 
 
 def test_eco_classifier_features_see_image_and_instruction(backbone, request_):
-    method = make_method("eco", backbone)
+    method = make_method("eco", backbone, general=GENERAL_POOL)
     a, b = request_.forget_train[0], request_.retain_train[1]
     base = method.query_features([a.image], [a.instruction])
     other_image = method.query_features([b.image], [a.instruction])
@@ -120,9 +123,26 @@ def test_eco_classifier_features_see_image_and_instruction(backbone, request_):
 
 def test_eco_never_changes_weights_and_removes_its_hook(backbone, request_):
     before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
-    method = make_method("eco", backbone, {"classifier_negatives": 40, "classifier_steps": 50, "search_steps": 2})
+    method = make_method("eco", backbone, {"classifier_negatives": 40, "classifier_steps": 50, "search_steps": 2}, general=GENERAL_POOL)
     method.unlearn(request_)
     after = backbone.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert method.strengths[0] > 0
     assert _no_hooks(backbone.language_model)
+
+
+def test_general_pool_comes_from_the_caller_never_the_built_in_world(backbone, request_):
+    """A method that fits on general pairs asks the benchmark in use; given none, it says so."""
+    request = request_
+    method = make_method("eco", backbone, {"classifier_negatives": 8, "classifier_steps": 2, "search_steps": 1})
+    with pytest.raises(ValueError, match="general pairs"):
+        method.unlearn(request)
+    asked = []
+
+    def pool(n, tag):
+        asked.append((n, tag))
+        return GENERAL_POOL(n, tag)
+    method = make_method("eco", backbone, {"classifier_negatives": 8, "classifier_steps": 2, "search_steps": 1},
+                         general=pool)
+    method.unlearn(request)
+    assert asked and asked[0][0] == 8

@@ -16,6 +16,9 @@ from vlforget.methods import available_methods, make_method
 from vlforget.models.backbone import Backbone
 from vlforget.text import is_refusal
 
+# General pairs for the methods that fit on them (the built-in benchmark's pool).
+GENERAL_POOL = Benchmark().general_pool
+
 # Short training so the whole table runs in a few minutes on 2 cores; enough to move
 # every method measurably. Methods not listed run with their defaults.
 FAST = {
@@ -51,7 +54,7 @@ def _answers(method, samples):
 
 
 def _run(name, requests, seed=0):
-    method = make_method(name, Backbone.load(), {**FAST.get(name, {}), "seed": seed})
+    method = make_method(name, Backbone.load(), {**FAST.get(name, {}), "seed": seed}, general=GENERAL_POOL)
     before = _answers(method, _forget_probe(requests))
     for request in requests:
         method.unlearn(request)
@@ -93,7 +96,7 @@ def test_method_save_load_round_trip(name, trained, requests, tmp_path):
     method, _ = trained(name)
     probe = _forget_probe(requests) + [s for r in requests for s in r.retain_test]
     method.save(tmp_path / "state")
-    fresh = make_method(name, Backbone.load(), {**FAST.get(name, {}), "seed": 0})
+    fresh = make_method(name, Backbone.load(), {**FAST.get(name, {}), "seed": 0}, general=GENERAL_POOL)
     fresh.load(tmp_path / "state")
     assert fresh.applied == method.applied
     assert _answers(fresh, probe) == _answers(method, probe)

@@ -23,6 +23,9 @@ from vlforget.data.benchmark import Benchmark, BenchmarkConfig
 from vlforget.methods import available_methods, make_method
 from vlforget.models.backbone import Backbone
 
+# General pairs for the methods that fit on them (the built-in benchmark's pool).
+GENERAL_POOL = Benchmark().general_pool
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # As few steps as make every code path run once or twice (numbers are not checked here).
@@ -63,7 +66,7 @@ def _marks(name):
 def test_every_method_runs_two_requests_in_bfloat16(name, requests, tmp_path):
     backbone = Backbone.load(None, "cpu", torch.bfloat16)
     assert backbone.model.dtype == torch.bfloat16
-    method = make_method(name, backbone, _config(name))
+    method = make_method(name, backbone, _config(name), general=GENERAL_POOL)
     for request in requests:
         method.unlearn(request)
     probe = [s for r in requests for s in r.forget_test[:2]]
@@ -123,7 +126,7 @@ def test_no_method_creates_tensors_off_the_backbones_device(name, requests):
     """Building the method, two requests and answering: every tensor vlforget makes names its device."""
     backbone = Backbone.load()
     with UnplacedTensors() as watch:
-        method = make_method(name, backbone, _config(name))
+        method = make_method(name, backbone, _config(name), general=GENERAL_POOL)
         for request in requests:
             method.unlearn(request)
         probe = [s for r in requests for s in r.forget_test[:2]]

@@ -28,11 +28,15 @@ def load_backbone(path: str | Path | None = None, device: str = "cpu", dtype=Non
     return Backbone.load(path, device=device, dtype=dtype)
 
 
-def make_method(name: str, backbone, overrides: dict[str, Any] | None = None):
-    """A registered method (see `vlforget methods`) around `backbone`; `overrides` are config fields."""
+def make_method(name: str, backbone, overrides: dict[str, Any] | None = None, general=None):
+    """A registered method (see `vlforget methods`) around `backbone`; `overrides` are config fields.
+
+    `general`: where the methods that fit on general pairs (mllmeraser, sauce, eco, ...) draw
+    them, a callable `(n, tag) -> list[Sample]`, e.g. `Benchmark().general_pool` for the
+    built-in world or your own pool of ordinary image-instruction pairs."""
     from vlforget.methods.base import make_method as build
 
-    return build(name, backbone, overrides)
+    return build(name, backbone, overrides, general=general)
 
 
 def load_method(name: str, backbone, directory: str | Path, overrides: dict[str, Any] | None = None):

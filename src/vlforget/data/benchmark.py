@@ -171,6 +171,11 @@ class Benchmark:
     def general_train(self, n: int, seed: int | None = None) -> list[Sample]:
         return general_samples(n, self.config.seed if seed is None else seed, "train")
 
+    def general_pool(self, n: int, tag: str) -> list[Sample]:
+        """`n` general train pairs (no request's data) for methods that fit on general data,
+        drawn reproducibly for `tag`; the same pool for the test and validation sequences."""
+        return general_samples(n, tag, "train")
+
     def general_test(self, phrasings: str = "evaluation") -> list[Sample]:
         """Held-out general pairs (base-model accuracy); v2: in either phrasing group."""
         if phrasings not in ("evaluation", "request"):

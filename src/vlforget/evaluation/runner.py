@@ -152,7 +152,9 @@ class ContinualRun:
         self.method_name = method_name
         backbone = backbone_loader()
         self.backbone = backbone_record(backbone)
-        self.method = make_method(method_name, backbone, method_overrides)
+        # The benchmark in use supplies the general pairs a method may fit on (None: it has none).
+        self.method = make_method(method_name, backbone, method_overrides,
+                                  general=getattr(benchmark, "general_pool", None))
         self.judge = judge
         self.progress = progress or (lambda event, info: None)
         self.contexts = {r.name: r.refusals + [r.description] for r in self.requests}

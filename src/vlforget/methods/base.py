@@ -17,7 +17,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from PIL import Image
@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from vlforget import __version__
 from vlforget.configs import build_config, did_you_mean, option, to_dict
-from vlforget.types import DeletionRequest
+from vlforget.types import DeletionRequest, Sample
 
 STATE_FILE = "state.safetensors"
 META_FILE = "method.json"
@@ -67,6 +67,11 @@ class Method(ABC):
     # relatives, output steering, the `none` reference): their CRR and dRR can only be
     # 0 and 50, so tables show them as "n/a" and compare such methods on leak, AR and S.
     refuses: ClassVar[bool] = True
+    # Where general pairs (no request's data) come from: the benchmark in use's
+    # `general_pool(n, tag)`, handed over by `make_method`. Methods that fit probes, SAEs,
+    # gates or encoders on general data call `self.general_pool`, so none of them reads
+    # the built-in world when a loaded benchmark is in use. None: the caller gave none.
+    general: Callable[[int, str], list[Sample]] | None = None
 
     def __init__(self, backbone, config: Any | None = None):
         self.backbone = backbone
@@ -76,6 +81,14 @@ class Method(ABC):
     def request_seed(self, offset: int = 0) -> int:
         """The seed of the request being applied: distinct per request, the same on every rerun."""
         return self.config.seed * 1000 + len(self.applied) + offset
+
+    def general_pool(self, n: int, tag: str) -> list[Sample]:
+        """`n` general pairs of the benchmark in use, drawn reproducibly for `tag`."""
+        if self.general is None:
+            raise ValueError(f"method {self.name!r} fits on general pairs (no request's data) and none were "
+                             "given: build it with make_method(..., general=benchmark.general_pool); for a "
+                             "loaded dataset, name general pairs with `general:` in the data config")
+        return self.general(n, tag)
 
     # -- what every method implements ---------------------------------------------
     @abstractmethod
@@ -209,12 +222,16 @@ def method_class(name: str) -> type[Method]:
     return REGISTRY[name]
 
 
-def make_method(name: str, backbone, overrides: dict[str, Any] | None = None) -> Method:
+def make_method(name: str, backbone, overrides: dict[str, Any] | None = None,
+                general: Callable[[int, str], list[Sample]] | None = None) -> Method:
+    """Build method `name` on `backbone`; `general` is the benchmark in use's general pool."""
     cls = method_class(name)
     config = build_config(cls.config_class, overrides, where=f"{name} config")
     # Methods draw random initial weights (LoRA A matrices, refuser pools) when built: seed that too.
     torch.manual_seed(config.seed)
-    return cls(backbone, config)
+    method = cls(backbone, config)
+    method.general = general
+    return method
 
 
 def available_methods() -> dict[str, type[Method]]:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from vlforget.configs import option
 from vlforget.methods.base import Method, MethodConfig, register
 from vlforget.methods.hooks import installed
-from vlforget.methods.samples import general_pool, images_of, instructions_of
+from vlforget.methods.samples import images_of, instructions_of
 from vlforget.types import DeletionRequest
 
 
@@ -96,7 +96,8 @@ class Eco(Method):
 
     def train_classifier(self, request: DeletionRequest) -> dict[str, torch.Tensor]:
         cfg = self.config
-        negatives = request.retain_train + general_pool(cfg.classifier_negatives, cfg.seed + 1 + len(self.applied))
+        negatives = request.retain_train + self.general_pool(
+            cfg.classifier_negatives, f"inference-methods-{cfg.seed + 1 + len(self.applied)}")
         samples = request.forget_train + negatives
         device = self.backbone.device
         y = torch.cat([torch.ones(len(request.forget_train), device=device),

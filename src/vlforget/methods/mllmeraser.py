@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from vlforget.configs import option
 from vlforget.methods.base import Method, MethodConfig, register
 from vlforget.methods.hooks import decoder_layer, installed, layer_states
-from vlforget.methods.samples import general_pool, images_of, instructions_of
+from vlforget.methods.samples import images_of, instructions_of
 from vlforget.text import is_refusal
 from vlforget.types import DeletionRequest, Sample
 
@@ -81,7 +81,7 @@ class MLLMEraser(Method):
         Our tiny model cannot follow a "please refuse" instruction the way the paper's
         LLaVA can, so the refusing state is read where the model refuses on its own.
         """
-        pool = general_pool(self.config.refusal_pool, self.config.seed)
+        pool = self.general_pool(self.config.refusal_pool, f"inference-methods-{self.config.seed}")
         answers = self.backbone.generate(images_of(pool), instructions_of(pool))
         refusing = [s for s, a in zip(pool, answers) if is_refusal(a)]
         if not refusing:
@@ -113,7 +113,8 @@ class MLLMEraser(Method):
         forget = self.recall_activations(request.forget_train)
         self.directions.append(self.erase_mean - forget.mean(0))
         # Input-aware gate: a probe on the same activation, forget pairs vs hard negatives + general pairs.
-        negatives = request.retain_train + general_pool(cfg.gate_negatives, cfg.seed + 1 + len(self.applied))
+        negatives = request.retain_train + self.general_pool(
+            cfg.gate_negatives, f"inference-methods-{cfg.seed + 1 + len(self.applied)}")
         clean_forget = self.last_prompt_states(self.backbone.build_batch(images_of(request.forget_train),
                                                                          instructions_of(request.forget_train)))
         neg = self.last_prompt_states(self.backbone.build_batch(images_of(negatives), instructions_of(negatives)))

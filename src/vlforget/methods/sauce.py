@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from vlforget.configs import option
 from vlforget.methods.base import Method, MethodConfig, register
 from vlforget.methods.hooks import decoder_layer, installed, layer_states
-from vlforget.methods.samples import general_pool, images_of, instructions_of
+from vlforget.methods.samples import images_of, instructions_of
 from vlforget.types import DeletionRequest, Sample
 
 
@@ -89,7 +89,7 @@ class Sauce(Method):
     def train_sae(self) -> None:
         """On general pairs only (no request data), every non-padding prompt position."""
         cfg = self.config
-        states, mask = self.activations(general_pool(cfg.sae_pairs, cfg.seed))
+        states, mask = self.activations(self.general_pool(cfg.sae_pairs, f"inference-methods-{cfg.seed}"))
         x = states[mask]
         with torch.no_grad():
             self.sae.scale.fill_(float(x.pow(2).mean().sqrt()))  # unit RMS per dimension: one lr fits any model
@@ -107,7 +107,8 @@ class Sauce(Method):
             p.requires_grad_(False)
         self.trained = True
         # Features that fire on most general pairs carry syntax or the task format, not a concept.
-        self.general_presence = self.feature_presence(general_pool(cfg.sae_pairs // 4, cfg.seed + 1))
+        self.general_presence = self.feature_presence(
+            self.general_pool(cfg.sae_pairs // 4, f"inference-methods-{cfg.seed + 1}"))
         self.general_presence = self.general_presence.mean(0)
 
     def feature_presence(self, samples: list[Sample]) -> torch.Tensor:

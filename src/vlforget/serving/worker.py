@@ -54,8 +54,12 @@ class Worker:
     def build(self, state):
         """A fresh backbone + method, loaded from a recorded state (version 0: the original model)."""
         from vlforget.api import load_backbone, make_method
+        from vlforget.data.benchmark import Benchmark
 
-        method = make_method(self.settings.method, load_backbone(self.settings.model), self.settings.method_overrides)
+        # General pairs for methods that fit on them: the built-in world's pool, the same
+        # distribution the service's utility check draws from.
+        method = make_method(self.settings.method, load_backbone(self.settings.model), self.settings.method_overrides,
+                             general=Benchmark().general_pool)
         if state.applied:
             method.load(self.store.path(state.folder))
         return method

@@ -204,7 +204,11 @@ def test_bad_paraphrase_file_is_one_line(case, text, expected, tmp_path):
     (["run", "--seed", "-1", "--limit", "1"], "--seed must be in 0..2147483647, got -1"),
     (["compare", "--methods", " , ", "--limit", "1"], "--methods needs at least one method name"),
     (["compare", "--methods", "ga,ga", "--limit", "1"], "--methods names a method twice"),
-], ids=["limit-0", "limit-negative", "compare-limit-0", "seed-negative", "no-methods", "method-twice"])
+    (["run", "--sequence", "train", "--limit", "1"], "--sequence must be test or validation, got 'train'"),
+    (["run", "--sequence", "validation", "--benchmark-version", "1", "--limit", "1"],
+     "--sequence validation is the built-in benchmark v2's"),
+], ids=["limit-0", "limit-negative", "compare-limit-0", "seed-negative", "no-methods", "method-twice",
+        "sequence-unknown", "validation-v1"])
 def test_bad_numbers_and_lists(args, expected, tmp_path):
     one_line_error(cli(*args, "--out", str(tmp_path / "o")), expected)
     assert not (tmp_path / "o").exists()

@@ -123,3 +123,14 @@ def test_tune_and_compare_commands_end_to_end(tmp_path):
 
     result = runner.invoke(app, ["tune", "--method", "nosuch", "--out", str(tuned)])
     assert result.exit_code == 2 and "unknown method" in result.output
+
+
+def test_run_on_the_validation_sequence(tmp_path):
+    """`run --sequence validation`: one setting checked on the sequence tuning reads, not the test one."""
+    out = tmp_path / "val"
+    result = CliRunner().invoke(app, ["run", "--method", "none", "--limit", "1", "--judge", "lexical",
+                                      "--sequence", "validation", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["benchmark_config"]["sequence"] == "validation"
+    assert results["requests"][0]["name"] == "triangle-identity"

@@ -319,13 +319,20 @@ def run(method: str = typer.Option(DEFAULT_METHOD, help="registered method name 
         utility_limit: Optional[int] = typer.Option(None, help=UTILITY_LIMIT_HELP),
         device: str = typer.Option("auto", help=DEVICE_HELP),
         dtype: str = typer.Option("auto", help=DTYPE_HELP),
-        benchmark_version: int = typer.Option(2, help=VERSION_HELP)):
+        benchmark_version: int = typer.Option(2, help=VERSION_HELP),
+        sequence: str = typer.Option("test", help="built-in benchmark v2: test (the 16 requests, for reporting) or "
+                                     "validation (the 8 requests every setting is chosen on)")):
     """Run one method over the request sequence (resumes an interrupted run in --out)."""
+    if sequence not in ("test", "validation"):
+        raise ValueError(f"--sequence must be test or validation, got {sequence!r}")
+    if sequence == "validation" and (benchmark_version != 2 or tasks or dataset):
+        raise ValueError("--sequence validation is the built-in benchmark v2's (no --tasks, --dataset, "
+                                 "or --benchmark-version 1)")
     placement = _placement(device, dtype)
     options = _with_core_repo(dataset, _data_options(data_config, config), core_repo)
     results = run_one(method, out, model, config, tasks, seed, paraphrases, limit, judge, dataset, data,
                       placement=placement, data_options=options, core_repo=core_repo, utility=utility,
-                      utility_limit=utility_limit, version=benchmark_version)
+                      utility_limit=utility_limit, version=benchmark_version, sequence=sequence)
     _finish({method: results}, {method: out}, out)
 
 

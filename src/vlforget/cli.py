@@ -281,6 +281,7 @@ def methods(verbose: bool = typer.Option(False, "--verbose", "-v", help="also li
                                                   "config of each method it names (* = set by the file)")):
     """List the registered unlearning methods (or check a config file against them)."""
     from vlforget.configs import build_config, config_help
+    from vlforget.evaluation.report import reads_text
     from vlforget.methods import available_methods, method_class
 
     per_method = _overrides(config)
@@ -292,6 +293,7 @@ def methods(verbose: bool = typer.Option(False, "--verbose", "-v", help="also li
     listed = {name: method_class(name) for name in per_method} if config else available_methods()
     for name, cls in listed.items():
         console.print(f"[bold]{escape(f'{name:<14}')}[/] {escape(cls.description)}")
+        console.print(f"   reads: {reads_text(cls.reads)}", highlight=False, markup=False)
         if verbose or config:
             overrides = per_method.get(name, {})
             for field, default, text in config_help(cls.config_class):

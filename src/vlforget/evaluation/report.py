@@ -114,6 +114,13 @@ def _cell(summary: dict, key: str, refuses: bool) -> str:
     return fmt(summary.get(key))
 
 
+def reads_text(reads) -> str:
+    """What a method read (`Method.reads`) as a table cell: "forget+retain", "nothing"; "?" undeclared."""
+    if reads is None:
+        return "?"  # undeclared, or a results.json written before methods declared what they read
+    return "+".join(reads) if reads else "nothing"
+
+
 def summary_rows(runs: dict[str, dict], keys: list[str] = SUMMARY_KEYS) -> list[list[str]]:
     rows = []
     for name, results in runs.items():
@@ -152,8 +159,14 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def with_reads(header: list[str], rows: list[list[str]], runs: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """The table with a "reads" column after the method's name (what each method read: information parity)."""
+    reads = [reads_text(results.get("reads")) for results in runs.values()]
+    return [header[0], "reads", *header[1:]], [[row[0], r, *row[1:]] for row, r in zip(rows, reads)]
+
+
 def markdown_summary(runs: dict[str, dict]) -> str:
-    lines = _markdown_table(SUMMARY_HEADER, summary_rows(runs, REPORT_KEYS))
+    lines = _markdown_table(*with_reads(SUMMARY_HEADER, summary_rows(runs, REPORT_KEYS), runs))
     header, rows = view_rows(runs)
     if rows:
         lines += ["", "The same test pairs asked otherwise (after the last request; the table above is on "
@@ -226,8 +239,9 @@ def _attacks_html(run_dir: Path) -> str:
 def write_report(runs: dict[str, dict], run_dirs: dict[str, Path], out_dir: Path, title: str = "vlforget report") -> Path:
     """Write `report.html` and `summary.md` into out_dir; returns the HTML path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in SUMMARY_HEADER) + "</tr>"
-    table += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in summary_rows(runs, REPORT_KEYS))
+    header, rows = with_reads(SUMMARY_HEADER, summary_rows(runs, REPORT_KEYS), runs)
+    table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+    table += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     table += "</table>"
     parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Summary (percent)</h2>", table,
              "<p>CRR: context-aware refusal rate on forget data of requests seen so far; AR: answer rate "

@@ -171,6 +171,8 @@ class ContinualRun:
             else asdict(self.benchmark.config),
             "method": self.method_name,
             "refuses": self.method.refuses,  # False: CRR/dRR are not meaningful (tables show n/a)
+            # what the method read while unlearning (forget/retain pairs, text, general pairs), as configured
+            "reads": None if self.method.effective_reads() is None else list(self.method.effective_reads()),
             "config": to_dict(self.method.config),
             "seed": self.method.config.seed,
             "machine": machine_info(),

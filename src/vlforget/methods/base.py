@@ -29,6 +29,12 @@ from vlforget.configs import build_config, did_you_mean, option, to_dict
 from vlforget.types import DeletionRequest, Sample
 
 STATE_FILE = "state.safetensors"
+# What a method may read while applying a request (`Method.reads`), in table order.
+READS = ("forget", "retain", "text", "general")
+READS_HELP = {"forget": "the request's forget pairs (with the refusal or original answer they carry)",
+              "retain": "the request's retain pairs",
+              "text": "the request's text: description, refusal sentences, concept descriptions",
+              "general": "general pairs of the benchmark in use (no request's data), via general_pool"}
 META_FILE = "method.json"
 CHECKSUM_KEY = "sha256"
 
@@ -67,6 +73,12 @@ class Method(ABC):
     # relatives, output steering, the `none` reference): their CRR and dRR can only be
     # 0 and 50, so tables show them as "n/a" and compare such methods on leak, AR and S.
     refuses: ClassVar[bool] = True
+    # What `_unlearn` reads, drawn from READS; declared per module, shown by `vlforget
+    # methods`, recorded in results.json and in the comparison table, so unequal
+    # information is visible. tests/test_methods.py checks a method that does not
+    # declare "retain" (or "text") ends in the same state without it. None = undeclared
+    # (shown as "?"); () = reads nothing (the `none` row).
+    reads: ClassVar[tuple[str, ...] | None] = None
     # Where general pairs (no request's data) come from: the benchmark in use's
     # `general_pool(n, tag)`, handed over by `make_method`. Methods that fit probes, SAEs,
     # gates or encoders on general data call `self.general_pool`, so none of them reads
@@ -77,6 +89,13 @@ class Method(ABC):
         self.backbone = backbone
         self.config = config if config is not None else self.config_class()
         self.applied: list[str] = []  # names of requests applied so far, in order
+
+    def effective_reads(self) -> tuple[str, ...] | None:
+        """`reads` as configured: with use_retain off the request arrives without retain pairs."""
+        if self.reads is None:
+            return None
+        off = set() if getattr(self.config, "use_retain", True) else {"retain"}
+        return tuple(r for r in self.reads if r not in off)
 
     def request_seed(self, offset: int = 0) -> int:
         """The seed of the request being applied: distinct per request, the same on every rerun."""
@@ -208,6 +227,8 @@ REGISTRY: dict[str, type[Method]] = {}
 def register(cls: type[Method]) -> type[Method]:
     if not cls.name:
         raise ValueError(f"{cls.__name__} needs a registry name")
+    if cls.reads is not None and (not isinstance(cls.reads, tuple) or not set(cls.reads) <= set(READS)):
+        raise ValueError(f"{cls.__name__}.reads must be a tuple drawn from {READS}, got {cls.reads!r}")
     if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
         raise ValueError(f"method name {cls.name!r} is registered twice")
     REGISTRY[cls.name] = cls

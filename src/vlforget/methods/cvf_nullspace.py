@@ -80,7 +80,10 @@ class NullSpace:
         x = inputs.to("cpu", torch.float64)
         self.covariance += x.T @ x
 
-    def projection(self, energy: float) -> torch.Tensor:
+    def projection(self, energy: float, min_free: float = 0.0) -> torch.Tensor:
+        """P onto the complement of the protected directions: the fewest leading directions
+        holding `energy` of the protected inputs' energy, but at most (1 - min_free) x dim of
+        them, so at least that share of the input space stays free to edit."""
         dim = self.covariance.shape[0]
         if not self.covariance.any():
             return torch.eye(dim, device="cpu")
@@ -89,7 +92,10 @@ class NullSpace:
         share = values.cumsum(0) / values.sum()
         # Smallest k whose leading directions hold `energy` of the protected inputs.
         k = int((share < energy).sum().item()) + 1
-        basis = vectors[:, :min(k, dim)]
+        # A near-1 energy share spans almost every direction once a few hundred images are
+        # protected (most layers then had no free direction and CVF edited nothing).
+        k = min(k, dim - int(min_free * dim))
+        basis = vectors[:, :k]
         return (torch.eye(dim, dtype=torch.float64, device="cpu") - basis @ basis.T).float()
 
 
@@ -101,6 +107,9 @@ class CVFConfig(MethodConfig):
     temperature: float = option(0.1, "temperature of the contrastive loss (cosine similarities)")
     protect_energy: float = option(0.999999, "share of the protected inputs' energy whose directions are frozen "
                                    "(1.0 = the whole span; lower leaves more room, retained features drift a little)")
+    min_free: float = option(0.25, "share of each layer's input dimensions always left free (the least-energy "
+                             "directions): without it the protected span covers nearly every direction and "
+                             "nothing is edited; 0 = protect_energy alone decides")
     train_encoder: bool = option(True, "also edit the vision encoder's linear layers (False: connector only)")
     augment: bool = option(True, "use the 8 flips/rotations of each forget and retained image: the few retained "
                            "images of a request then cover objects in every position")
@@ -112,11 +121,15 @@ class CVFConfig(MethodConfig):
             raise ValueError("steps >= 0, batch_size >= 1, lr > 0 and temperature > 0 are required")
         if not 0 < self.protect_energy <= 1:
             raise ValueError(f"protect_energy must be in (0, 1], got {self.protect_energy}")
+        if not 0 <= self.min_free < 1:
+            raise ValueError(f"min_free must be in [0, 1), got {self.min_free}")
 
 
 @register
 class NullSpaceCVF(Method):
     name = "cvf_nullspace"
+    reads = ("forget", "retain")  # retained images are its positives: no retain pairs, no edit
+    refuses = False  # moves forget images' features toward retained images: answers change, no refusal
     description = ("null-space contrastive visual forgetting: LLM frozen, vision-side linear weights move forget "
                    "images toward retained ones, updates projected onto the null space of protected features")
     config_class = CVFConfig
@@ -168,7 +181,7 @@ class NullSpaceCVF(Method):
         if cfg.augment:
             forget, retain = dihedral(forget), dihedral(retain)
         self.protect(retain)
-        projections = {n: s.projection(cfg.protect_energy).to(self.layers[n].weight.device)
+        projections = {n: s.projection(cfg.protect_energy, cfg.min_free).to(self.layers[n].weight.device)
                        for n, s in self.spaces.items()}
         with torch.no_grad():
             original = self.features(forget)

@@ -41,6 +41,8 @@ class EcoConfig(MethodConfig):
 @register
 class Eco(Method):
     name = "eco"
+    reads = ("forget", "retain", "general")
+    refuses = False  # corrupts prompt embeddings at inference: answers change, no refusal
     description = ("ECO prompts: a per-request classifier on image features + instruction embedding flags forget "
                    "queries, whose prompt embeddings are corrupted with noise of an offline-searched strength")
     config_class = EcoConfig

@@ -4,8 +4,11 @@ An expert baseline of CORE's comparison (docs/methods.md). Each request trains i
 copy of the original projector (plus, by default, an output adapter on the LM head
 input, as CORE's refusers have) on the refusal NLL of its forget pairs, and keeps a key:
 the mean query feature (image + instruction) of those pairs. A query uses the closest
-request's projector only if its similarity to that key reaches the `key_quantile` of
-the request's own forget pairs; otherwise the original projector answers.
+request's projector only if its similarity to that key reaches the request's threshold;
+otherwise the original projector answers. The threshold separates the request's forget
+pairs from its retain pairs (`hooked_experts.gate_threshold`, as CORE's gate uses retain
+pairs as negatives); without retain pairs it is the `key_quantile` of the forget pairs'
+similarities (the forget-only form).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import torch.nn.functional as F
 
 from vlforget.configs import option
 from vlforget.methods.base import register
-from vlforget.methods.hooked_experts import ExpertConfig, HookedMethod, add_output_adapter, prefixed
+from vlforget.methods.hooked_experts import (ExpertConfig, HookedMethod, add_output_adapter, gate_threshold,
+                                             prefixed)
 from vlforget.methods.output_adapter import OutputAdapter
 
 
@@ -27,8 +31,9 @@ class EProjConfig(ExpertConfig):
     lr: float = option(1e-2, "AdamW learning rate of the request's projector (and output adapter)")
     output_adapter_rank: int = option(16, "rank of each projector's output adapter on the LM head input, "
                                           "as CORE's refusers have (0 = projector only, as in the paper)")
-    key_quantile: float = option(0.1, "a query uses the closest request's projector only if its similarity to "
-                                      "that request's key reaches this quantile of the request's own forget pairs")
+    key_quantile: float = option(0.1, "without retain pairs: a query uses the closest request's projector only if "
+                                      "its similarity to that request's key reaches this quantile of the request's "
+                                      "own forget pairs (with retain pairs the cut separates forget from retain)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -39,6 +44,7 @@ class EProjConfig(ExpertConfig):
 @register
 class EProj(HookedMethod):
     name = "eproj"
+    reads = ("forget", "retain")  # retain pairs: negatives of the gate's cut
     description = "EProj: a new projector per request, picked by similarity to per-request keys (else the original)"
     config_class = EProjConfig
 
@@ -100,10 +106,12 @@ class EProj(HookedMethod):
         for p in params:
             p.requires_grad_(True)
         self.fit_refusals(request, params)
-        feats = self.features([s.image for s in request.forget_train], [s.instruction for s in request.forget_train])
+        feats = self.pair_features(request.forget_train)
         key = F.normalize(feats.mean(0), dim=0)
+        retain = self.pair_features(request.retain_train)
         self.keys.append(key)
-        self.thresholds.append(torch.quantile(feats @ key, self.config.key_quantile))
+        self.thresholds.append(gate_threshold(feats @ key, None if retain is None else retain @ key,
+                                              self.config.key_quantile, self.config.negative_weight))
 
     def state_tensors(self):
         out = {}

@@ -3,8 +3,16 @@
 The refusal NLL (`lora_finetune.RefusalFinetune`) + `ewc_lambda` x
 sum_i F_i (theta_i - theta*_i)^2 over the LoRA parameters. After each request the
 diagonal Fisher is estimated on that request's forget pairs (squared gradients of the
-refusal NLL) and accumulated; theta* is the adapter after that request. Both are kept
-in the state, no raw data.
+refusal NLL), divided by its mean over all LoRA parameters, and accumulated; theta* is
+the adapter after that request. Both are kept in the state, no raw data. Standard EWC
+has no retain term, and neither has this one.
+
+Why the Fisher is normalised: it is measured right after training on the same pairs,
+where their loss is near its minimum and its squared gradients are tiny (the raw
+penalty was about 1e-4 of the loss at lambda 50, so EWC was IdkNLL). Normalised to mean 1
+per request, F weighs where the adapter matters relative to the rest, and `ewc_lambda`
+alone sets the strength: the penalty is lambda x (a Fisher-weighted sum of squared
+moves), whatever the loss scale.
 """
 
 from __future__ import annotations
@@ -23,13 +31,26 @@ from vlforget.methods.training import accumulate_squared_grads
 
 @dataclass
 class EWCConfig(FinetuneConfig):
-    ewc_lambda: float = option(50.0, "weight of the EWC penalty")
+    ewc_lambda: float = option(50.0, "weight of the EWC penalty (on the Fisher normalised to mean 1 per request)")
     fisher_batches: int = option(4, "batches used to estimate the diagonal Fisher after each request")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ewc_lambda < 0 or self.fisher_batches < 1:
+            raise ValueError(f"ewc_lambda >= 0 and fisher_batches >= 1 are required, got {self.ewc_lambda} and "
+                             f"{self.fisher_batches}")
+
+
+def normalised_fisher(fisher: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The diagonal Fisher divided by its mean over every parameter (all zero stays zero)."""
+    mean = sum(f.sum() for f in fisher) / sum(f.numel() for f in fisher)
+    return [f / mean.clamp(min=1e-30) for f in fisher]
 
 
 @register
 class EWC(RefusalFinetune):
     name = "ewc"
+    reads = ("forget",)  # refusal NLL and its Fisher on forget pairs only (standard EWC has no retain term)
     description = "refusal fine-tuning with elastic weight consolidation against earlier requests"
     config_class = EWCConfig
 
@@ -45,8 +66,11 @@ class EWC(RefusalFinetune):
 
     def after_request(self, request):
         batches = Batches(request.forget_train, self.config.batch_size, self.config.seed + 7)
-        accumulate_squared_grads(self.model, self.params, self.fisher,
+        fisher = [torch.zeros_like(p) for p in self.params]
+        accumulate_squared_grads(self.model, self.params, fisher,
                                  lambda: answer_nll(self.model, self.batch(*batches.next())), self.config.fisher_batches)
+        for total, f in zip(self.fisher, normalised_fisher(fisher)):
+            total += f
         self.anchor = [p.detach().clone() for p in self.params]
 
     def state_tensors(self):

@@ -14,4 +14,6 @@ from vlforget.methods.lora_finetune import AscentFinetune
 @register
 class GradientAscent(AscentFinetune):
     name = "ga"
+    reads = ("forget",)  # forget pairs' original answers only
+    refuses = False  # gradient ascent: it destroys the old answers, it never teaches a refusal
     description = "gradient ascent on the forget pairs' original answers"

@@ -5,6 +5,10 @@ The simplest expert baseline of CORE's comparison (docs/methods.md): one project
 NLL of its forget pairs, so every query goes through the same edited projector. By
 default an always-on output adapter on the LM head input is trained with it, as
 CORE's refusers have (`output_adapter_rank=0`: the projector only, as in the paper).
+With no gate, the refusal NLL alone teaches the shared projector to refuse every query
+(validation, after 1 request: AR 1.7, over-refusal 67); when the request has retain pairs their
+answers' NLL is trained with it (`retain_weight`, as CORE's refusers keep the retain
+pairs their gate lets through), so the projector learns what not to refuse.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ class GMMConfig(ExpertConfig):
     lr: float = option(1e-2, "AdamW learning rate of the projector (and output adapter)")
     output_adapter_rank: int = option(16, "rank of an always-on output adapter on the LM head input, "
                                           "as CORE's refusers have (0 = projector only, as in the paper)")
+    retain_weight: float = option(1.0, "weight of the retain pairs' answer NLL (0 or no retain pairs: forget "
+                                       "refusals only, the paper's form)", ge=0)
 
 
 @register
 class GMM(HookedMethod):
     name = "gmm"
+    reads = ("forget", "retain")  # retain pairs: their answers' NLL
     description = "GMM: fine-tune only the shared projector on each request's refusals, no routing"
     config_class = GMMConfig
 
@@ -54,7 +61,7 @@ class GMM(HookedMethod):
         params += list(self.adapter.parameters()) if self.adapter is not None else []
         for p in params:
             p.requires_grad_(True)
-        self.fit_refusals(request, params)
+        self.fit_refusals(request, params, retain_weight=self.config.retain_weight)
 
     def state_tensors(self):
         out = {f"connector.{k}": v for k, v in self.backbone.connector.state_dict().items()}

@@ -14,6 +14,8 @@ from vlforget.methods.lora_finetune import AscentFinetune
 @register
 class GradDiff(AscentFinetune):
     name = "graddiff"
+    reads = ("forget", "retain")
+    refuses = False  # gradient ascent (+ retain descent): never teaches a refusal
     description = "gradient ascent on forget answers + descent on retain answers"
     uses_retain = True
 

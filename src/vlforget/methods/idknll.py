@@ -1,18 +1,32 @@
-"""IdkNLL: fine-tune the forget pairs onto their refusals.
+"""IdkNLL: fine-tune the forget pairs onto their refusals, and the retain pairs onto their answers.
 
-The usual IdkNLL baseline (open-unlearning) fine-tunes forget queries onto generic
-"I don't know" answers with the answer NLL; here the target is the request's
-context-aware refusal (`request.refusals[0]`), which is what the benchmark asks for.
-No retain term; one LoRA is trained across requests (`lora_finetune.RefusalFinetune`).
+The standard IdkNLL baseline (open-unlearning's `IdkNLL`) is the NLL of an "I don't
+know" answer on forget queries plus the NLL of the retain answers (its `retain_loss`,
+weight 1). Here the forget target is the request's context-aware refusal (the answer
+its forget pairs carry, `request.refusals[0]`), which is what the benchmark asks for,
+and the retain term is `retain_weight` x the answer NLL of the request's retain pairs
+(default 1; 0, `use_retain=False` or a request without retain pairs = forget NLL only).
+Without the retain term one LoRA trained on refusals alone refuses nearly everything
+(validation, 3 requests: AR Last 0.0, over-refusal 91.7; docs/methods.md). One LoRA is
+trained across requests (`lora_finetune.RefusalFinetune`).
 """
 
 from __future__ import annotations
 
 from vlforget.methods.base import register
+from vlforget.methods.losses import answer_nll
 from vlforget.methods.lora_finetune import RefusalFinetune
 
 
 @register
 class IdkNLL(RefusalFinetune):
     name = "idknll"
-    description = "fine-tune the forget pairs onto their context-aware refusals (NLL), one LoRA across requests"
+    reads = ("forget", "retain")  # forget pairs -> refusal NLL; retain pairs -> their answers' NLL
+    description = "fine-tune forget pairs onto their context-aware refusals + retain pairs onto their answers (NLL)"
+    uses_retain = True
+
+    def loss(self, forget, retain):
+        loss = super().loss(forget, retain)
+        if retain is None or self.config.retain_weight == 0:
+            return loss  # the forget-only form
+        return loss + self.config.retain_weight * answer_nll(self.model, retain)

@@ -15,6 +15,8 @@ from vlforget.methods.lora_finetune import AscentFinetune
 @register
 class KLMethod(AscentFinetune):
     name = "kl"
+    reads = ("forget", "retain")
+    refuses = False  # gradient ascent (+ retain KL): never teaches a refusal
     description = "gradient ascent on forget answers + KL to the original model on retain pairs"
     uses_retain = True
 

@@ -30,6 +30,7 @@ class LwFConfig(FinetuneConfig):
 @register
 class LwF(RefusalFinetune):
     name = "lwf"
+    reads = ("forget", "retain")  # retain inputs for distillation (forget inputs when there are none)
     description = "refusal fine-tuning with learning-without-forgetting distillation from the previous state"
     config_class = LwFConfig
     uses_retain = True

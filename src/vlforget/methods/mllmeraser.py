@@ -59,6 +59,7 @@ class MLLMEraserConfig(MethodConfig):
 @register
 class MLLMEraser(Method):
     name = "mllmeraser"
+    reads = ("forget", "retain", "general")
     description = ("MLLMEraser: training-free activation steering along a refusing-minus-recalling direction, "
                    "applied only to queries an activation probe gates in")
     config_class = MLLMEraserConfig

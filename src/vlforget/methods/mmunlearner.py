@@ -48,6 +48,8 @@ class MMUnlearnerConfig(MethodConfig):
 @register
 class MMUnlearner(Method):
     name = "mmunlearner"
+    reads = ("forget", "retain")
+    refuses = False  # masked gradient ascent: never teaches a refusal
     description = ("MMUnlearner: Fisher saliency mask (forget vs retained importance) restricts gradient ascent "
                    "on forget answers and descent on retain answers; retained importance accumulates")
     config_class = MMUnlearnerConfig

@@ -6,7 +6,11 @@ in parallel; each request trains a new top-k router (and the experts not yet fro
 the refusal NLL of its forget pairs, then the experts it used most are frozen. Each
 request also fits a small autoencoder of its forget pairs' query features: at
 inference the request whose autoencoder reconstructs a query within its threshold
-picks the router, and a query no autoencoder fits gets the original model.
+picks the router, and a query no autoencoder fits gets the original model. The
+threshold separates the request's forget pairs' reconstruction errors from its retain
+pairs' (`hooked_experts.gate_threshold`, as CORE's gate uses retain pairs as
+negatives); without retain pairs it is `ae_quantile` x `ae_margin` of the forget
+pairs' errors (the forget-only form).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 
 from vlforget.configs import option
 from vlforget.methods.base import register
-from vlforget.methods.hooked_experts import ExpertConfig, HookedMethod, prefixed
+from vlforget.methods.hooked_experts import ExpertConfig, HookedMethod, gate_threshold, prefixed
 
 
 @dataclass
@@ -31,8 +35,9 @@ class MoEAdaptersConfig(ExpertConfig):
     ae_hidden: int = option(8, "hidden width of each request's autoencoder (narrow, so it cannot memorise)")
     ae_steps: int = option(400, "full-batch Adam steps of each request's autoencoder")
     ae_lr: float = option(2e-3, "Adam learning rate of the autoencoders")
-    ae_quantile: float = option(0.95, "quantile of the request's own reconstruction errors ...")
-    ae_margin: float = option(1.0, "... times this margin = the error up to which a query belongs to the request")
+    ae_quantile: float = option(0.95, "without retain pairs: quantile of the request's own reconstruction errors ...")
+    ae_margin: float = option(1.0, "... times this margin = the error up to which a query belongs to the request "
+                                   "(with retain pairs: the cut between forget and retain errors, times this margin)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -80,6 +85,7 @@ def reconstruction_error(ae: dict[str, torch.Tensor], x: torch.Tensor) -> torch.
 @register
 class MoEAdapters(HookedMethod):
     name = "moe_adapters"
+    reads = ("forget", "retain")  # retain pairs: negatives of the autoencoder's cut
     description = ("MoE-Adapters: bottleneck adapter experts in the LM, a top-2 router per request, most-used "
                    "experts frozen; per-request autoencoders pick the router or the original model")
     config_class = MoEAdaptersConfig
@@ -174,10 +180,15 @@ class MoEAdapters(HookedMethod):
             self.frozen.scatter_(1, self._usage.topk(cfg.freeze_top, dim=1).indices, True)
         self._usage = None
 
-        feats = self.features([s.image for s in forget], [s.instruction for s in forget])
+        feats = self.pair_features(forget)
         ae = fit_autoencoder(feats, cfg.ae_hidden, cfg.ae_steps, cfg.ae_lr, cfg.seed * 1000 + t)
         self.autoencoders.append(ae)
-        self.ae_thresholds.append(torch.quantile(reconstruction_error(ae, feats), cfg.ae_quantile) * cfg.ae_margin)
+        retain = self.pair_features(request.retain_train)
+        # gate_threshold wants "higher = the request's": a low error is, so errors are negated.
+        cut = -gate_threshold(-reconstruction_error(ae, feats),
+                              None if retain is None else -reconstruction_error(ae, retain),
+                              1.0 - cfg.ae_quantile, cfg.negative_weight)
+        self.ae_thresholds.append(cut * cfg.ae_margin)
 
     def state_tensors(self):
         out = {"down": self.down, "up": self.up, "frozen": self.frozen}

@@ -15,6 +15,8 @@ class NoUnlearning(Method):
     """The base model, nothing forgotten: the reference row for AR, leak and S."""
 
     name = "none"
+
+    reads = ()  # nothing: the base model
     description = "the base model, nothing forgotten (reference row for AR, leak and S)"
     refuses = False  # it answers forget pairs as before; CRR/dRR would only measure that
 

@@ -26,6 +26,8 @@ class NPOConfig(FinetuneConfig):
 @register
 class NPO(FinetuneMethod):
     name = "npo"
+    reads = ("forget", "retain")
+    refuses = False  # preference optimisation away from the old answers: never teaches a refusal
     description = "negative preference optimisation on forget answers + NLL on retain pairs"
     config_class = NPOConfig
     forget_target = "original"

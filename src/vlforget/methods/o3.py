@@ -6,7 +6,10 @@ own LoRA on the language model's projections on the refusal NLL of its forget pa
 with a penalty keeping its A matrices orthogonal to earlier requests'. Its detector
 keeps k-means prototypes of the forget pairs' query features (image + instruction);
 at inference each LoRA is applied with a weight that ramps from 0 to 1 with the
-query's cosine to the nearest prototype. The LoRAs are our own per-row ones (not
+query's cosine to the nearest prototype. Without retain pairs the ramp reaches 1 at
+the `full_quantile` of the forget pairs' scores (the forget-only form); with them it is
+centred on the cut between the forget and retain pairs' scores
+(`hooked_experts.gate_threshold`, as CORE's gate uses retain pairs as negatives). The LoRAs are our own per-row ones (not
 peft), so one batch can scale each request's LoRA differently per query.
 """
 
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 from vlforget.configs import option
 from vlforget.methods.base import register
 from vlforget.methods.clustering import kmeans
-from vlforget.methods.hooked_experts import ExpertConfig, HookedMethod
+from vlforget.methods.hooked_experts import ExpertConfig, HookedMethod, gate_threshold
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -33,9 +36,10 @@ class O3Config(ExpertConfig):
     lora_alpha: float = option(16.0, "LoRA alpha (scale = alpha / rank)")
     orthogonal_weight: float = option(0.1, "weight of sum ||A_prev A_cur^T||_F^2 over earlier requests' LoRAs")
     prototypes: int = option(4, "k-means prototypes of each request's forget features kept by its detector")
-    full_quantile: float = option(0.1, "detector score (quantile of the request's own forget pairs) from which "
-                                        "its LoRA is applied in full ...")
-    ramp_width: float = option(0.1, "... falling linearly to 0 this much (cosine) lower: below, the base model")
+    full_quantile: float = option(0.1, "without retain pairs: detector score (quantile of the request's own forget "
+                                        "pairs) from which its LoRA is applied in full ...")
+    ramp_width: float = option(0.1, "... falling linearly to 0 this much (cosine) lower: below, the base model "
+                                    "(with retain pairs the ramp is centred on the forget/retain cut)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -46,6 +50,7 @@ class O3Config(ExpertConfig):
 @register
 class O3(HookedMethod):
     name = "o3"
+    reads = ("forget", "retain")  # retain pairs: negatives of the detector's cut
     description = ("O3: a LoRA per request, orthogonal to earlier ones, each scaled at inference by its request's "
                    "out-of-distribution detector (image + instruction)")
     config_class = O3Config
@@ -115,10 +120,14 @@ class O3(HookedMethod):
         extra = (lambda: cfg.orthogonal_weight * self.orthogonality()) if t > 0 else None
         self.fit_refusals(request, params, extra_loss=extra)
 
-        forget = request.forget_train
-        feats = self.features([s.image for s in forget], [s.instruction for s in forget])
+        feats = self.pair_features(request.forget_train)
         self.prototypes.append(F.normalize(kmeans(feats, cfg.prototypes, cfg.seed * 1000 + t), dim=-1))
-        full = torch.quantile(self.scores(feats)[:, t], cfg.full_quantile)
+        retain = self.pair_features(request.retain_train)
+        if retain is None:
+            full = torch.quantile(self.scores(feats)[:, t], cfg.full_quantile)
+        else:  # weight 1/2 at the cut between forget and retain scores
+            full = gate_threshold(self.scores(feats)[:, t], self.scores(retain)[:, t], cfg.full_quantile,
+                                  cfg.negative_weight) + cfg.ramp_width / 2
         self.ramps.append(torch.stack([full - cfg.ramp_width, full]))
 
     def state_tensors(self):

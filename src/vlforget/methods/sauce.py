@@ -62,6 +62,8 @@ class SauceConfig(MethodConfig):
 @register
 class Sauce(Method):
     name = "sauce"
+    reads = ("forget", "retain", "general")
+    refuses = False  # clamps SAE features at inference: answers change, no refusal
     description = ("SAUCE: a sparse autoencoder on a decoder layer's hidden states; each request's most "
                    "concept-specific features are clamped wherever they fire")
     config_class = SauceConfig

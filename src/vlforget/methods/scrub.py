@@ -36,6 +36,7 @@ class SCRUBConfig(FinetuneConfig):
 @register
 class SCRUB(FinetuneMethod):
     name = "scrub"
+    reads = ("forget", "retain")
     description = "SCRUB teacher-student: move away from the original on forget pairs, stay close on retain pairs, learn the refusal"
     config_class = SCRUBConfig
     uses_retain = True

@@ -80,6 +80,7 @@ class SIUConfig(FinetuneConfig):
 @register
 class SIU(FinetuneMethod):
     name = "siu"
+    reads = ("forget", "retain", "text")  # text: request.refusals (the multifaceted targets)
     description = "single image unlearning: multifaceted targets, cross-entropy + dual masked KL to the original model"
     config_class = SIUConfig
     uses_retain = True

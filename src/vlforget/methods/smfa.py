@@ -66,6 +66,7 @@ class SMFAConfig(FinetuneConfig):
 @register
 class SMFA(FinetuneMethod):
     name = "smfa"
+    reads = ("forget", "retain")
     description = "sculpted memory forgetting adapter: refusal adapter, conflicts with a retain anchor masked out, merged into the weights"
     config_class = SMFAConfig
     uses_retain = True

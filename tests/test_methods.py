@@ -128,3 +128,58 @@ def test_unknown_method_name_suggests_the_nearest():
 def test_unknown_config_key_names_the_nearest():
     with pytest.raises(ValueError, match="did you mean 'steps'"):
         make_method("idknll", None, {"step": 3})
+
+
+# ------------------------------------------------------------------ what a method reads
+
+# The least work that still runs each method's whole `_unlearn`: what it reads is what
+# matters here, not how well it forgets.
+TINY = {
+    "idknll": {"steps": 2}, "ga": {"steps": 2}, "graddiff": {"steps": 2}, "kl": {"steps": 2}, "npo": {"steps": 2},
+    "ewc": {"steps": 2, "fisher_batches": 1}, "lwf": {"steps": 2}, "scrub": {"steps": 2, "max_phase": 2},
+    "siu": {"steps": 2}, "smfa": {"steps": 2}, "core": {"steps": 2},
+    "gmm": {"steps": 2}, "eproj": {"steps": 2}, "moe_adapters": {"steps": 2, "ae_steps": 20}, "o3": {"steps": 2},
+    "cvf_nullspace": {"steps": 2}, "mmunlearner": {"steps": 2, "fisher_batches": 1},
+    "mllmeraser": {"refusal_pool": 800, "gate_negatives": 20, "attack_steps": 1},
+    "sauce": {"sae_steps": 20, "sae_pairs": 60}, "eco": {"classifier_negatives": 20, "classifier_steps": 20,
+                                                            "search_steps": 1},
+    "none": {},
+}
+# Methods whose declaration belongs to another owner (methods/core is CORE's developer's).
+UNDECLARED = {"core"}
+
+
+def _state_after(name, request, general):
+    method = make_method(name, Backbone.load(), TINY[name], general=general)
+    method.unlearn(request)
+    return method.state_tensors()
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_method_reads_what_it_declares_and_nothing_else(name, requests):
+    """Unlearning without what a method says it does not read leaves the same state (a
+    wrong declaration fails here); taking away what it says it reads changes the state."""
+    from dataclasses import replace
+
+    from vlforget.methods.base import READS
+    from vlforget.types import Concepts
+
+    reads = available_methods()[name].reads
+    if reads is None:
+        assert name in UNDECLARED, f"{name} must declare `reads` (a tuple drawn from {READS})"
+        pytest.skip(f"{name}: declared by its owner")
+    assert set(reads) <= set(READS) and (reads or name == "none")
+    request = requests[0]
+    assert request.retain_train, "the check needs a request with retain pairs"
+    # Not declaring "general": built without general pairs, any use of them is an error.
+    state = _state_after(name, request, GENERAL_POOL if "general" in reads else None)
+    without_retain = _state_after(name, replace(request, retain_train=[]), GENERAL_POOL if "general" in reads else None)
+    assert _same(state, without_retain) == ("retain" not in reads)
+    other_text = replace(request, description="something else entirely", refusals=["No, I will not say that."],
+                         concepts=Concepts(visual=["a thing"], textual=["a question"]))
+    assert _same(state, _state_after(name, other_text, GENERAL_POOL if "general" in reads else None)) == \
+        ("text" not in reads)

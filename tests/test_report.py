@@ -27,6 +27,8 @@ def test_report_has_summary_plots_and_examples(report):
     path, results = report
     page = path.read_text()
     assert "CRR Avg" in page and "AR Last" in page
+    # What the method read is recorded and shown (information parity).
+    assert results["reads"] == ["forget", "retain"] and "<td>forget+retain</td>" in page
     assert page.count("data:image/png;base64,") >= 2 + len(results["examples"])
     assert "alt='curves'" in page and "alt='crr-heatmap'" in page
     assert all(ex["after"] is not None for ex in results["examples"])
@@ -43,3 +45,25 @@ def test_report_loads_in_chromium_without_console_errors(report, tmp_path):
     shot = tmp_path / "shot.png"
     screenshot(path, shot, tmp_path / "profile")
     assert shot.stat().st_size > 10_000
+
+
+def test_comparison_table_has_a_reads_column():
+    from vlforget.evaluation.report import REPORT_KEYS, markdown_summary
+
+    summary = {f"{k}_{w}": 1.0 for k in REPORT_KEYS for w in ("avg", "last")}
+    lines = markdown_summary({"ga": {"summary": summary, "refuses": False, "reads": ["forget"]},
+                              "none": {"summary": summary, "refuses": False, "reads": []},
+                              "old": {"summary": summary}}).splitlines()
+    assert lines[0].startswith("| method | reads |")
+    assert lines[2].startswith("| ga | forget |") and lines[3].startswith("| none | nothing |")
+    assert lines[4].startswith("| old | ? |")  # written before methods declared what they read
+
+
+def test_methods_command_shows_what_each_method_reads():
+    from typer.testing import CliRunner
+
+    from vlforget.cli import app
+
+    result = CliRunner().invoke(app, ["methods"])
+    assert result.exit_code == 0
+    assert "reads: forget+retain+general" in result.output and "reads: nothing" in result.output

@@ -13,7 +13,7 @@ import torch
 
 from vlforget.data.benchmark import Benchmark, BenchmarkConfig
 from vlforget.methods import make_method
-from vlforget.methods.hooked_experts import query_features
+from vlforget.methods.hooked_experts import gate_threshold, query_features
 from vlforget.methods.moe_adapters import fit_autoencoder, reconstruction_error
 from vlforget.models.backbone import Backbone
 
@@ -150,3 +150,38 @@ def test_o3_weights_follow_the_detector(request_):
     assert ((method.scores(feats)[:, 0] < low) == (method.route([s.image for s in request_.forget_train],
                                                                 ["what is this?"] * 8)[:, 0] == 0)).all()
     assert high > low
+
+
+def test_gate_threshold_separates_forget_from_retain_and_falls_back_to_a_quantile():
+    forget, retain = torch.tensor([0.6, 0.7, 0.8, 0.9]), torch.tensor([0.1, 0.2, 0.3, 0.65])
+    # Forget-only form: the quantile of the forget scores.
+    assert torch.isclose(gate_threshold(forget, None, 0.25), torch.quantile(forget, 0.25))
+    assert torch.isclose(gate_threshold(forget, retain[:0], 0.25), torch.quantile(forget, 0.25))
+    # With retain scores: the least weighted error, midway between the two scores it separates.
+    cut = gate_threshold(forget, retain, 0.25)
+    assert torch.isclose(cut, torch.tensor(0.45))  # misses nothing, lets one retain pair (0.65) through
+    # Retain pairs let through cost more: the cut moves above 0.65 (one forget pair missed).
+    assert torch.isclose(gate_threshold(forget, retain, 0.25, negative_weight=3.0), torch.tensor(0.675))
+
+
+@pytest.mark.parametrize("name", ["eproj", "o3", "moe_adapters"])
+def test_gated_experts_calibrate_on_retain_pairs_when_given(name, request_):
+    """With retain pairs the gate's cut makes the fewest errors on the request's own pairs
+    (forget pairs left out + retain pairs let in); forget-only, a quantile makes more or as many."""
+    from dataclasses import replace
+
+    def trained(request):
+        method = make_method(name, Backbone.load(), {"steps": 2, "ae_steps": 50} if name == "moe_adapters"
+                             else {"steps": 2})
+        method.unlearn(request)
+        return method
+
+    def errors(method):
+        def gated(samples):
+            route = method.route([s.image for s in samples], [s.instruction for s in samples])
+            return (route >= 0) if route.dim() == 1 else (route[:, 0] >= 0.5)  # o3: at or past the ramp's middle
+        return float((~gated(request_.forget_train)).float().mean() + gated(request_.retain_train).float().mean())
+
+    calibrated, forget_only = trained(request_), trained(replace(request_, retain_train=[]))
+    assert errors(calibrated) <= errors(forget_only)
+    assert errors(calibrated) < 1.0  # better than gating everything or nothing

@@ -183,3 +183,31 @@ def test_a_method_reads_what_it_declares_and_nothing_else(name, requests):
                          concepts=Concepts(visual=["a thing"], textual=["a question"]))
     assert _same(state, _state_after(name, other_text, GENERAL_POOL if "general" in reads else None)) == \
         ("text" not in reads)
+
+
+@pytest.mark.parametrize("name", ["idknll", "gmm"])
+def test_a_retain_term_at_weight_zero_is_the_forget_only_form(name, requests):
+    request = requests[0]
+    zero = make_method(name, Backbone.load(), {**TINY[name], "retain_weight": 0.0})
+    zero.unlearn(request)
+    assert _same(zero.state_tensors(), _state_after(name, replace_retain(request), None))
+
+
+def replace_retain(request):
+    from dataclasses import replace
+
+    return replace(request, retain_train=[])
+
+
+def test_ewc_fisher_is_normalised_and_its_penalty_holds_the_adapter(requests):
+    def second_request_move(ewc_lambda):
+        method = make_method("ewc", Backbone.load(), {"steps": 10, "fisher_batches": 1, "ewc_lambda": ewc_lambda})
+        method.unlearn(requests[0])
+        mean = sum(f.sum() for f in method.fisher) / sum(f.numel() for f in method.fisher)
+        assert abs(float(mean) - 1.0) < 1e-4  # normalised per request: lambda alone sets the strength
+        anchor = [p.detach().clone() for p in method.params]
+        method.unlearn(requests[1])
+        return float(sum(((p - a) ** 2).sum() for p, a in zip(method.params, anchor)))
+
+    # At lambda 1 the penalty is comparable to the task loss: the adapter moves far less.
+    assert second_request_move(1.0) < 0.5 * second_request_move(0.0)

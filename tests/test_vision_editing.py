@@ -39,6 +39,17 @@ def test_projected_update_leaves_protected_outputs_unchanged():
     assert torch.allclose(projection @ projection, projection, atol=1e-5)
 
 
+def test_min_free_leaves_the_least_energy_directions_free():
+    torch.manual_seed(0)
+    space = NullSpace(16)
+    space.add(torch.randn(200, 16) * torch.linspace(0.1, 3.0, 16))  # protected inputs span every direction
+    assert space.projection(1.0).abs().max() < 1e-6  # nothing left to edit (CVF edited nothing)
+    projection = space.projection(1.0, min_free=0.25)
+    assert round(float(torch.trace(projection))) == 4  # a quarter of the directions stays free ...
+    weakest = torch.linalg.eigh(space.covariance).eigenvectors[:, :4].float()
+    assert torch.allclose(projection @ weakest, weakest, atol=1e-4)  # ... the ones protected inputs use least
+
+
 def test_empty_null_space_bookkeeping():
     assert torch.equal(NullSpace(4).projection(0.99), torch.eye(4))  # nothing protected yet: free
     full = NullSpace(4)
@@ -67,7 +78,9 @@ def test_dihedral_gives_eight_views():
 
 def test_cvf_keeps_retained_features_and_the_language_model(requests):
     request = requests["star-identity"]
-    method = make_method("cvf_nullspace", Backbone.load(), {"steps": 20})
+    # min_free=0: the whole protected span is frozen, so protection is exact (the default
+    # leaves the least-energy quarter free and protects approximately).
+    method = make_method("cvf_nullspace", Backbone.load(), {"steps": 20, "min_free": 0.0})
     backbone = method.backbone
     forget = unique_images(request.forget_train)
     retained = unique_images(request.retain_train, exclude={image_key(i) for i in forget})

@@ -1,11 +1,12 @@
 """EWC: elastic weight consolidation (Kirkpatrick et al. 2017) on refusal fine-tuning.
 
-The refusal NLL (`lora_finetune.RefusalFinetune`) + `ewc_lambda` x
-sum_i F_i (theta_i - theta*_i)^2 over the LoRA parameters. After each request the
-diagonal Fisher is estimated on that request's forget pairs (squared gradients of the
-refusal NLL), divided by its mean over all LoRA parameters, and accumulated; theta* is
-the adapter after that request. Both are kept in the state, no raw data. Standard EWC
-has no retain term, and neither has this one.
+IdkNLL's loss (`lora_finetune.RefusalFinetune`: refusal NLL on forget pairs + retain
+NLL) + `ewc_lambda` x sum_i F_i (theta_i - theta*_i)^2 over the LoRA parameters: EWC is a
+continual-learning regulariser on top of the base unlearning loss, and that loss is
+IdkNLL's standard form. After each request the diagonal Fisher of that loss is estimated
+on the request's training pairs (squared gradients, forget + retain batches as trained),
+divided by its mean over all LoRA parameters, and accumulated; theta* is the adapter
+after that request. Both are kept in the state, no raw data.
 
 Why the Fisher is normalised: it is measured right after training on the same pairs,
 where their loss is near its minimum and its squared gradients are tiny (the raw
@@ -24,7 +25,6 @@ import torch
 from vlforget.configs import option
 from vlforget.methods.base import register
 from vlforget.methods.batches import Batches
-from vlforget.methods.losses import answer_nll
 from vlforget.methods.lora_finetune import FinetuneConfig, RefusalFinetune
 from vlforget.methods.training import accumulate_squared_grads
 
@@ -50,7 +50,8 @@ def normalised_fisher(fisher: list[torch.Tensor]) -> list[torch.Tensor]:
 @register
 class EWC(RefusalFinetune):
     name = "ewc"
-    reads = ("forget",)  # refusal NLL and its Fisher on forget pairs only (standard EWC has no retain term)
+    reads = ("forget", "retain")  # IdkNLL's loss (forget + retain NLL) and its Fisher
+    uses_retain = True
     description = "refusal fine-tuning with elastic weight consolidation against earlier requests"
     config_class = EWCConfig
 
@@ -62,13 +63,18 @@ class EWC(RefusalFinetune):
 
     def loss(self, forget, retain):
         penalty = sum((f * (p - a) ** 2).sum() for f, p, a in zip(self.fisher, self.params, self.anchor))
-        return answer_nll(self.model, forget) + self.config.ewc_lambda * penalty
+        return super().loss(forget, retain) + self.config.ewc_lambda * penalty
 
     def after_request(self, request):
-        batches = Batches(request.forget_train, self.config.batch_size, self.config.seed + 7)
+        forget = Batches(request.forget_train, self.config.batch_size, self.config.seed + 7)
+        retain = Batches(request.retain_train, self.config.batch_size, self.config.seed + 8) \
+            if request.retain_train else None
+
+        def task_loss() -> torch.Tensor:  # the request's own loss (penalty excluded), as trained
+            return RefusalFinetune.loss(self, self.batch(*forget.next()), self.batch(*retain.next()) if retain else None)
+
         fisher = [torch.zeros_like(p) for p in self.params]
-        accumulate_squared_grads(self.model, self.params, fisher,
-                                 lambda: answer_nll(self.model, self.batch(*batches.next())), self.config.fisher_batches)
+        accumulate_squared_grads(self.model, self.params, fisher, task_loss, self.config.fisher_batches)
         for total, f in zip(self.fisher, normalised_fisher(fisher)):
             total += f
         self.anchor = [p.detach().clone() for p in self.params]

@@ -8,13 +8,12 @@ and the retain term is `retain_weight` x the answer NLL of the request's retain 
 (default 1; 0, `use_retain=False` or a request without retain pairs = forget NLL only).
 Without the retain term one LoRA trained on refusals alone refuses nearly everything
 (validation, 3 requests: AR Last 0.0, over-refusal 91.7; docs/methods.md). One LoRA is
-trained across requests (`lora_finetune.RefusalFinetune`).
+trained across requests (`lora_finetune.RefusalFinetune`, which holds the loss).
 """
 
 from __future__ import annotations
 
 from vlforget.methods.base import register
-from vlforget.methods.losses import answer_nll
 from vlforget.methods.lora_finetune import RefusalFinetune
 
 
@@ -23,10 +22,4 @@ class IdkNLL(RefusalFinetune):
     name = "idknll"
     reads = ("forget", "retain")  # forget pairs -> refusal NLL; retain pairs -> their answers' NLL
     description = "fine-tune forget pairs onto their context-aware refusals + retain pairs onto their answers (NLL)"
-    uses_retain = True
-
-    def loss(self, forget, retain):
-        loss = super().loss(forget, retain)
-        if retain is None or self.config.retain_weight == 0:
-            return loss  # the forget-only form
-        return loss + self.config.retain_weight * answer_nll(self.model, retain)
+    uses_retain = True  # the loss (forget + retain NLL) is RefusalFinetune's, shared with ewc

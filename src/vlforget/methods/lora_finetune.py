@@ -5,8 +5,8 @@ forget pairs (and retain pairs, for methods that use them) and minimises
 `self.loss(...)` through the shared `training.train_steps` (so it runs under
 `accelerate`: each process trains on its slice of every batch, gradients averaged).
 The baselines built on it only define that loss, in the style of open-unlearning's
-trainer variants: `RefusalFinetune` (the refusal NLL: idknll, and ewc and lwf with
-their regularisers) and `AscentFinetune` (ascent on the original answers: ga, and
+trainer variants: `RefusalFinetune` (the refusal NLL + the retain NLL: idknll, and
+ewc and lwf with their regularisers) and `AscentFinetune` (ascent on the original answers: ga, and
 graddiff and kl with their retain terms). One adapter is trained request after
 request: that is the naive continual setting these baselines stand for.
 """
@@ -102,10 +102,15 @@ class FinetuneMethod(Method):
 
 
 class RefusalFinetune(FinetuneMethod):
-    """Fine-tunes the forget pairs onto their context-aware refusals (answer NLL)."""
+    """Fine-tunes the forget pairs onto their context-aware refusals (answer NLL), plus,
+    for subclasses with `uses_retain`, `retain_weight` x the retain pairs' answer NLL
+    (IdkNLL's standard form; retain is None without retain pairs or at weight 0)."""
 
     def loss(self, forget, retain):
-        return answer_nll(self.model, forget)
+        loss = answer_nll(self.model, forget)
+        if retain is None or self.config.retain_weight == 0:
+            return loss  # the forget-only form
+        return loss + self.config.retain_weight * answer_nll(self.model, retain)
 
 
 class AscentFinetune(FinetuneMethod):

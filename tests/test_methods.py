@@ -205,9 +205,10 @@ def test_ewc_fisher_is_normalised_and_its_penalty_holds_the_adapter(requests):
         method.unlearn(requests[0])
         mean = sum(f.sum() for f in method.fisher) / sum(f.numel() for f in method.fisher)
         assert abs(float(mean) - 1.0) < 1e-4  # normalised per request: lambda alone sets the strength
-        anchor = [p.detach().clone() for p in method.params]
+        anchor, fisher = [p.detach().clone() for p in method.params], [f.clone() for f in method.fisher]
         method.unlearn(requests[1])
-        return float(sum(((p - a) ** 2).sum() for p, a in zip(method.params, anchor)))
+        # What EWC constrains: the move weighted by the first request's Fisher.
+        return float(sum((f * (p.detach() - a) ** 2).sum() for f, p, a in zip(fisher, method.params, anchor)))
 
-    # At lambda 1 the penalty is comparable to the task loss: the adapter moves far less.
+    # At lambda 1 the penalty is comparable to the task loss: the weights that mattered move far less.
     assert second_request_move(1.0) < 0.5 * second_request_move(0.0)

@@ -179,7 +179,7 @@ def test_gated_experts_calibrate_on_retain_pairs_when_given(name, request_):
     def errors(method):
         def gated(samples):
             route = method.route([s.image for s in samples], [s.instruction for s in samples])
-            return (route >= 0) if route.dim() == 1 else (route[:, 0] >= 0.5)  # o3: at or past the ramp's middle
+            return (route >= 0) if route.dim() == 1 else (route[:, 0] >= 1.0)  # o3: LoRA in full
         return float((~gated(request_.forget_train)).float().mean() + gated(request_.retain_train).float().mean())
 
     calibrated, forget_only = trained(request_), trained(replace(request_, retain_train=[]))

@@ -7,8 +7,8 @@ with a penalty keeping its A matrices orthogonal to earlier requests'. Its detec
 keeps k-means prototypes of the forget pairs' query features (image + instruction);
 at inference each LoRA is applied with a weight that ramps from 0 to 1 with the
 query's cosine to the nearest prototype. Without retain pairs the ramp reaches 1 at
-the `full_quantile` of the forget pairs' scores (the forget-only form); with them it is
-centred on the cut between the forget and retain pairs' scores
+the `full_quantile` of the forget pairs' scores (the forget-only form); with them it
+reaches 1 at the cut between the forget and retain pairs' scores
 (`hooked_experts.gate_threshold`, as CORE's gate uses retain pairs as negatives). The LoRAs are our own per-row ones (not
 peft), so one batch can scale each request's LoRA differently per query.
 """
@@ -39,7 +39,7 @@ class O3Config(ExpertConfig):
     full_quantile: float = option(0.1, "without retain pairs: detector score (quantile of the request's own forget "
                                         "pairs) from which its LoRA is applied in full ...")
     ramp_width: float = option(0.1, "... falling linearly to 0 this much (cosine) lower: below, the base model "
-                                    "(with retain pairs the ramp is centred on the forget/retain cut)")
+                                    "(with retain pairs the ramp reaches 1 at the forget/retain cut)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -125,9 +125,9 @@ class O3(HookedMethod):
         retain = self.pair_features(request.retain_train)
         if retain is None:
             full = torch.quantile(self.scores(feats)[:, t], cfg.full_quantile)
-        else:  # weight 1/2 at the cut between forget and retain scores
+        else:  # full weight from the cut between forget and retain scores (as from the quantile above)
             full = gate_threshold(self.scores(feats)[:, t], self.scores(retain)[:, t], cfg.full_quantile,
-                                  cfg.negative_weight) + cfg.ramp_width / 2
+                                  cfg.negative_weight)
         self.ramps.append(torch.stack([full - cfg.ramp_width, full]))
 
     def state_tensors(self):

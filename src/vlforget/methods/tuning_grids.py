@@ -20,25 +20,30 @@ GRIDS: dict[str, list[dict]] = {
     # weight trades recall for fewer false gates, which add up over requests.
     "core": [{}, {"threshold": 0.4}, {"threshold": 0.6}, {"steps": 80}, {"lr": 0.03},
              {"negative_weight": 3.0}],
-    # Refusal fine-tuning: how far the LoRA moves (steps x learning rate) is the whole
-    # trade between refusing the forget set and refusing everything.
-    "idknll": [{}, {"steps": 30}, {"steps": 120}, {"lr": 3e-4}, {"lr": 3e-3}, {"steps": 30, "lr": 3e-3}],
-    # Gradient ascent destroys the model at its default budget (AR 0 on the first 4
-    # test requests, AR 87 at 10 steps): the grid is a step budget, then a smaller rate.
-    "ga": [{}, {"steps": 5}, {"steps": 10}, {"steps": 20}, {"steps": 20, "lr": 3e-4}, {"lr": 1e-4}],
-    # Ascent + retain descent: step budget and the retain term's weight decide whether
-    # the descent holds the model together.
-    "graddiff": [{}, {"steps": 10}, {"steps": 20}, {"steps": 20, "retain_weight": 3.0}, {"lr": 3e-4},
-                 {"lr": 1e-4}],
-    # Ascent + KL on retain pairs: same knobs as graddiff.
-    "kl": [{}, {"steps": 10}, {"steps": 20}, {"steps": 20, "retain_weight": 3.0}, {"lr": 3e-4}, {"lr": 1e-4}],
+    # Refusal fine-tuning + retain NLL: how far the LoRA moves (steps x learning rate) and
+    # how much the retain term holds it decide between refusing the forget set and
+    # refusing everything (without the retain term: AR 0 on the validation sequence).
+    "idknll": [{}, {"steps": 30}, {"steps": 120}, {"lr": 3e-3}, {"retain_weight": 0.3}, {"retain_weight": 3.0}],
+    # Gradient ascent has no floor: the step budget is the method (validation, 3 requests:
+    # 5 steps leak 92, 10 keep AR 69, 15+ destroy the model). Steps around the default,
+    # then longer budgets at smaller rates (a gentler path to the same cliff).
+    "ga": [{}, {"steps": 5}, {"steps": 7}, {"steps": 12}, {"steps": 20, "lr": 3e-4}, {"steps": 40, "lr": 1e-4}],
+    # Ascent + retain descent: the step budget (60 destroyed the model on the validation
+    # sequence, 20-40 did not) and the retain weight, which decides whether the descent
+    # holds the model together.
+    "graddiff": [{}, {"steps": 20}, {"steps": 40}, {"retain_weight": 3.0}, {"steps": 60, "retain_weight": 3.0},
+                 {"steps": 60, "lr": 3e-4}],
+    # Ascent + KL on retain pairs: same knobs as graddiff (60 steps destroyed the model,
+    # 20-40 did not).
+    "kl": [{}, {"steps": 20}, {"steps": 40}, {"retain_weight": 3.0}, {"steps": 60, "retain_weight": 3.0},
+           {"steps": 60, "lr": 3e-4}],
     # NPO: step budget, and beta (how quickly the forget loss saturates).
     "npo": [{}, {"steps": 10}, {"steps": 20}, {"beta": 0.5}, {"steps": 20, "beta": 0.5}, {"lr": 3e-4}],
-    # EWC: the penalty weight is the method; at the default it is ~1e-4 of the loss, so
-    # the grid spans orders of magnitude (meaningful until the penalty is scaled to its
-    # Fisher, then the same points bracket 1).
-    "ewc": [{}, {"ewc_lambda": 5e3}, {"ewc_lambda": 5e5}, {"ewc_lambda": 5e7}, {"steps": 30},
-            {"steps": 30, "ewc_lambda": 5e5}],
+    # EWC: the penalty weight is the method. On the Fisher normalised to mean 1 a request's
+    # unpenalised move weighs ~40, so lambda 0.1 is weak and 1-100 binding; the grid
+    # spans that range, then the step budget.
+    "ewc": [{}, {"ewc_lambda": 0.1}, {"ewc_lambda": 1.0}, {"ewc_lambda": 100.0}, {"steps": 30},
+            {"steps": 120}],
     # LwF: distillation weight (how much the previous state is kept) and step budget.
     "lwf": [{}, {"distill_weight": 0.3}, {"distill_weight": 3.0}, {"steps": 30}, {"steps": 120},
             {"lr": 3e-4}],
@@ -50,14 +55,16 @@ GRIDS: dict[str, list[dict]] = {
     # SMFA: the conflict margin decides how much of the forget adapter survives the mask.
     "smfa": [{}, {"conflict_margin": 0.5}, {"conflict_margin": 2.0}, {"steps": 30}, {"steps": 120},
              {"lr": 3e-3}],
-    # CVF: at the default protected energy no direction is left free in most layers (it
-    # edits nothing, leak 95): the grid opens free directions, then moves the rate.
-    "cvf_nullspace": [{}, {"protect_energy": 0.999}, {"protect_energy": 0.99}, {"protect_energy": 0.9},
-                      {"protect_energy": 0.99, "lr": 3e-3}, {"protect_energy": 0.99, "steps": 160}],
-    # MMUnlearner: the saliency ratio sets how many weights may move; steps and the
-    # ascent weight set how far (its default sits at the destroyed end).
-    "mmunlearner": [{}, {"saliency_ratio": 10.0}, {"steps": 5}, {"steps": 10}, {"forget_weight": 0.3},
-                    {"steps": 10, "saliency_ratio": 10.0}],
+    # CVF: how much of each layer stays free decides whether it edits at all (validation:
+    # min_free 0.1-0.25 edit nothing that shows, 0.75 leak 69, 0.9 AR 35); then how far
+    # it moves (rate, steps) and the protected energy share.
+    "cvf_nullspace": [{}, {"min_free": 0.5}, {"min_free": 0.9}, {"lr": 3e-3}, {"steps": 160},
+                      {"protect_energy": 0.99}],
+    # MMUnlearner: ascent has no floor, so the step budget first (validation: 20 steps
+    # destroyed the model, 10-15 did not); the saliency ratio sets how many weights may
+    # move and the ascent weight how hard.
+    "mmunlearner": [{}, {"steps": 10}, {"steps": 20}, {"saliency_ratio": 10.0}, {"forget_weight": 0.5},
+                    {"steps": 20, "saliency_ratio": 10.0}],
     # MLLMEraser: steering strength and the gate's threshold.
     "mllmeraser": [{}, {"strength": 0.5}, {"strength": 2.0}, {"gate_threshold": 0.3},
                    {"gate_threshold": 0.7}, {"layer": 1}],

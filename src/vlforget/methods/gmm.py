@@ -9,6 +9,8 @@ With no gate, the refusal NLL alone teaches the shared projector to refuse every
 (validation, after 1 request: AR 1.7, over-refusal 67); when the request has retain pairs their
 answers' NLL is trained with it (`retain_weight`, as CORE's refusers keep the retain
 pairs their gate lets through), so the projector learns what not to refuse.
+Validation, 3 requests (docs/methods.md): AR Last 0.0 -> 30.8 with the retain term at
+lr 1e-2, 51.7 at lr 3e-3 (the default now).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from vlforget.methods.output_adapter import OutputAdapter
 
 @dataclass
 class GMMConfig(ExpertConfig):
-    lr: float = option(1e-2, "AdamW learning rate of the projector (and output adapter)")
+    lr: float = option(3e-3, "AdamW learning rate of the projector (and output adapter); validation: 3e-3 "
+                             "ranks above 1e-2 and 1e-3")
     output_adapter_rank: int = option(16, "rank of an always-on output adapter on the LM head input, "
                                           "as CORE's refusers have (0 = projector only, as in the paper)")
     retain_weight: float = option(1.0, "weight of the retain pairs' answer NLL (0 or no retain pairs: forget "

@@ -77,7 +77,7 @@ GRIDS: dict[str, list[dict]] = {
     # EProj: the gate's negative weight decides which queries reach a request's projector
     # (validation: 1 -> CRR 60 / AR 56, 1.5 -> CRR 28 / AR 94); steps and rate how firmly a
     # routed query is refused. (key_quantile only acts without retain pairs.)
-    "eproj": [{}, {"negative_weight": 1.2}, {"negative_weight": 0.8}, {"steps": 30}, {"steps": 120},
+    "eproj": [{}, {"negative_weight": 1.2}, {"negative_weight": 1.35}, {"steps": 30}, {"steps": 120},
               {"lr": 3e-3}],
     # GMM (no gate): how far the shared projector moves (rate, steps) against how much the
     # retain term holds it; without the retain term it refused everything after one request.

@@ -212,3 +212,13 @@ def test_ewc_fisher_is_normalised_and_its_penalty_holds_the_adapter(requests):
 
     # At lambda 1 the penalty is comparable to the task loss: the weights that mattered move far less.
     assert second_request_move(1.0) < 0.5 * second_request_move(0.0)
+
+
+def test_use_retain_off_is_recorded_as_not_reading_retain_pairs():
+    method = make_method("idknll", Backbone.load(), {"use_retain": False})
+    assert method.reads == ("forget", "retain") and method.effective_reads() == ("forget",)
+    with pytest.raises(ValueError, match="reads must be a tuple"):
+        from vlforget.methods.base import Method, register
+
+        register(type("Bad", (Method,), {"name": "bad-reads", "reads": ("forget", "labels"),
+                                         "_unlearn": lambda self, r: None}))

@@ -4,7 +4,8 @@
 - no method module imports another method's module (shared code lives in modules
   named for what they hold);
 - every registered method is in the test tables (`FAST` here, `SHORT` or `UNSPLIT`
-  in the multi-process worker) and has its section in `docs/methods.md`.
+  in the multi-process worker) and has its section in `docs/methods.md`, whose
+  "Reads:" line says what the method declares it reads (`Method.reads`).
 """
 
 from __future__ import annotations
@@ -70,16 +71,18 @@ def test_every_method_is_in_the_test_tables_and_the_docs():
     sys.path.insert(0, str(ROOT / "tests"))
     try:
         fast = importlib.import_module("test_methods").FAST
+        tiny = importlib.import_module("test_methods").TINY
         worker = importlib.import_module("accelerate_methods_worker")
     finally:
         sys.path.remove(str(ROOT / "tests"))
     documented = set(re.findall(r"^## ([a-z0-9_]+): ", (ROOT / "docs" / "methods.md").read_text(), re.M))
     for name in METHODS:
         assert name in fast, f"{name} has no entry in FAST (tests/test_methods.py)"
+        assert name in tiny, f"{name} has no entry in TINY (tests/test_methods.py: what it reads)"
         assert (name in worker.SHORT) != (name in worker.UNSPLIT), \
             f"{name} must be in exactly one of SHORT / UNSPLIT (tests/accelerate_methods_worker.py)"
         assert name in documented, f"{name} has no '## {name}: ...' section in docs/methods.md"
-    stale = (set(fast) | set(worker.SHORT) | set(worker.UNSPLIT)) - set(METHODS)
+    stale = (set(fast) | set(tiny) | set(worker.SHORT) | set(worker.UNSPLIT)) - set(METHODS)
     assert not stale, f"test tables name unregistered methods: {sorted(stale)}"
 
 
@@ -93,3 +96,16 @@ def test_layers_import_only_downwards(layer, forbidden):
            for path in sorted((ROOT / "src" / "vlforget" / layer).rglob("*.py"))
            for module in imported_modules(path) if module.startswith(forbidden)]
     assert not bad, bad
+
+
+WHAT = {"forget": "forget pairs", "retain": "retain pairs", "text": "request text", "general": "general pairs"}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_docs_say_what_each_method_reads(name):
+    reads = METHODS[name].reads
+    if reads is None:
+        pytest.skip(f"{name} does not declare `reads` yet (tests/test_methods.py checks who may not)")
+    section = re.search(rf"^## {re.escape(name)}: .*\n(.*)\n", (ROOT / "docs" / "methods.md").read_text(), re.M)
+    expected = "Reads: " + (", ".join(WHAT[r] for r in reads) if reads else "nothing") + "."
+    assert section and section.group(1) == expected, f"docs/methods.md '## {name}:' must start with {expected!r}"

@@ -227,7 +227,7 @@ def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path]
             placement: tuple = ("cpu", None), data_options: Optional[dict] = None, benchmark=None,
             core_repo: Optional[Path] = None, utility: Optional[Path] = None,
             utility_limit: Optional[int] = None, version: int = 2, sequence: str = "test",
-            quiet: bool = False, with_views: bool = True) -> dict:
+            quiet: bool = False, with_views: bool = True, evaluate: str = "every") -> dict:
     from vlforget.configs import build_config
     from vlforget.evaluation.runner import ContinualRun, folder_lock, prepare_out_dir
     from vlforget.methods import method_class
@@ -244,7 +244,7 @@ def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path]
     prepare_out_dir(out)
     with folder_lock(out):  # before the model loads: a second run on this folder stops at once
         return _run_locked(ContinualRun(method, benchmark, out, _backbone_loader(model, placement, version), overrides,
-                                        judge, limit, with_views=with_views), method, quiet)
+                                        judge, limit, with_views=with_views, evaluate=evaluate), method, quiet)
 
 
 def _run_locked(run, method: str, quiet: bool = False) -> dict:
@@ -467,7 +467,7 @@ def tune(method: str = typer.Option(..., help="registered method name (its grid:
          dtype: str = typer.Option("auto", help=DTYPE_HELP)):
     """Tune a method: its grid on the validation sequence (never the test one), one rule, resumable."""
     from vlforget.data.benchmark import BENCHMARK_VERSIONS
-    from vlforget.evaluation.tuning import RULE
+    from vlforget.evaluation.tuning import RULE, method_identity
     from vlforget.evaluation.tuning import tune as run_tuning
     from vlforget.methods import method_class
     from vlforget.methods.tuning_grids import grid_for
@@ -479,12 +479,14 @@ def tune(method: str = typer.Option(..., help="registered method name (its grid:
 
     def run_point(overrides: dict, folder: Path) -> dict:
         return run_one(method, folder, None, None, None, seed, None, limit, judge, overrides=overrides,
-                       placement=placement, version=2, sequence="validation", quiet=True, with_views=False)
+                       placement=placement, version=2, sequence="validation", quiet=True, with_views=False,
+                       evaluate="last")  # the rule reads only the numbers after the last request
 
     console.print(f"tuning {method}: {len(grid)} grid points on the validation sequence; rule: {RULE}",
                   highlight=False)
     record = run_tuning(method, grid, run_point, out, work / method, BENCHMARK_VERSIONS[2], seed, cls.refuses,
-                        min(limit or n_requests, n_requests), log=lambda m: console.print(m, highlight=False))
+                        min(limit or n_requests, n_requests), log=lambda m: console.print(m, highlight=False),
+                        identity=lambda overrides: method_identity(cls, overrides))
     console.print(f"chosen: {json.dumps(record['chosen'], sort_keys=True)}  record: {out / (method + '.json')}",
                   highlight=False)
 

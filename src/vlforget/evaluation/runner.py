@@ -141,7 +141,7 @@ class ContinualRun:
 
     def __init__(self, method_name: str, benchmark, out_dir: str | Path, backbone_loader,
                  method_overrides: dict | None = None, judge=None, limit: int | None = None,
-                 progress: Progress | None = None, with_views: bool = True):
+                 progress: Progress | None = None, with_views: bool = True, evaluate: str = "every"):
         self.out_dir = Path(out_dir)
         self.benchmark = benchmark
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -160,6 +160,11 @@ class ContinualRun:
         self.contexts = {r.name: r.refusals + [r.description] for r in self.requests}
         self.base_rows: list[dict[str, Any]] = []  # the zero-shot model's answers (step 0)
         self.with_views = with_views  # False: headline only (tuning reads nothing else)
+        if evaluate not in ("every", "last"):
+            raise ValueError(f"evaluate must be 'every' or 'last', got {evaluate!r}")
+        # "last": only the state after the last request is evaluated (tuning's rule reads
+        # nothing else, and evaluation is about half a run's time); averages are then undefined.
+        self.evaluate_every_step = evaluate == "every"
 
     # -- results file ----------------------------------------------------------------------
     def _fresh_results(self) -> dict[str, Any]:
@@ -249,6 +254,9 @@ class ContinualRun:
     @staticmethod
     def _summary(results: dict[str, Any]) -> dict[str, Any]:
         summary = summarize(results["steps"])
+        if any(not s.get("evaluated", True) for s in results["steps"]):
+            # Only some steps were evaluated: a mean over them would pass for the average.
+            summary = {k: (None if k.endswith("_avg") else v) for k, v in summary.items()}
         summary["unlearn_seconds"] = [s["unlearn_seconds"] for s in results["steps"]]
         views = sorted({v for s in results["steps"] for v in s.get("views", {})})
         if views:
@@ -343,13 +351,16 @@ class ContinualRun:
             seconds = time.perf_counter() - began
             if is_main_process():
                 self.method.save(state_dir(self.out_dir, t))
-            self.progress("evaluate", {"step": t, "request": request.name})
-            began_eval = time.perf_counter()
-            metrics, rows = self.evaluate(t, base_acc)
-            if is_main_process():
-                append_rows(self.out_dir, rows)
-            if self.views():
-                metrics["views"] = self.evaluate_views(t, results["base"])
+            if self.evaluate_every_step or t == len(self.requests):
+                self.progress("evaluate", {"step": t, "request": request.name})
+                began_eval = time.perf_counter()
+                metrics, rows = self.evaluate(t, base_acc)
+                if is_main_process():
+                    append_rows(self.out_dir, rows)
+                if self.views():
+                    metrics["views"] = self.evaluate_views(t, results["base"])
+            else:
+                began_eval, metrics = time.perf_counter(), {"evaluated": False}
             record = {
                 "step": t,
                 "request": request.name,

@@ -471,11 +471,15 @@ def tune(method: str = typer.Option(..., help="registered method name (its grid:
     from vlforget.evaluation.tuning import tune as run_tuning
     from vlforget.methods import method_class
     from vlforget.methods.tuning_grids import grid_for
+    from vlforget.models.checkpoints import builtin_path
+    from vlforget.models.identity import checkpoint_fingerprint
 
     cls = method_class(method)
     grid = grid_for(method)
     placement = _placement(device, dtype)
     n_requests = len(_benchmark(seed, None, None, version=2, sequence="validation").specs)
+    # Points tuned on another built-in model do not count either (it is retrained at times).
+    model_fingerprint = checkpoint_fingerprint(builtin_path(2))
 
     def run_point(overrides: dict, folder: Path) -> dict:
         return run_one(method, folder, None, None, None, seed, None, limit, judge, overrides=overrides,
@@ -486,7 +490,7 @@ def tune(method: str = typer.Option(..., help="registered method name (its grid:
                   highlight=False)
     record = run_tuning(method, grid, run_point, out, work / method, BENCHMARK_VERSIONS[2], seed, cls.refuses,
                         min(limit or n_requests, n_requests), log=lambda m: console.print(m, highlight=False),
-                        identity=lambda overrides: method_identity(cls, overrides))
+                        identity=lambda overrides: {**method_identity(cls, overrides), "model": model_fingerprint})
     console.print(f"chosen: {json.dumps(record['chosen'], sort_keys=True)}  record: {out / (method + '.json')}",
                   highlight=False)
 

@@ -278,11 +278,15 @@ def _run_locked(run, method: str, quiet: bool = False) -> dict:
 def methods(verbose: bool = typer.Option(False, "--verbose", "-v", help="also list every config field"),
             config: Optional[Path] = typer.Option(None, help="JSON/YAML file: method name -> its config overrides "
                                                   "(as `compare --config`): check it and show the effective "
-                                                  "config of each method it names (* = set by the file)")):
+                                                  "config of each method it names (* = set by the file)"),
+            names: bool = typer.Option(False, "--names", help="only the names, one per line (for scripts)")):
     """List the registered unlearning methods (or check a config file against them)."""
     from vlforget.configs import build_config, config_help
     from vlforget.methods import available_methods, method_class
 
+    if names:
+        print("\n".join(available_methods()))
+        return
     per_method = _overrides(config)
     for name, overrides in per_method.items():
         if not isinstance(overrides, dict):

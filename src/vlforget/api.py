@@ -79,7 +79,8 @@ def evaluate(method, requests: Sequence[DeletionRequest], judge=None, utility: S
               for r in requests if r.retain_test}
     contexts = {r.name: [*r.refusals, r.description] for r in requests}
     utility_accuracy = exact_match(answers(utility), [s.answer for s in utility]) if utility else 0.0
-    metrics = step_metrics(forget, retain, utility_accuracy, utility_base or 0.0, judge, contexts)
+    metrics = step_metrics(forget, retain, utility_accuracy, utility_base or 0.0, judge, contexts,
+                           refusals={r.name: r.refusals for r in requests}, refuses=getattr(method, "refuses", True))
     if not utility or utility_base is None:
         metrics["s"] = None
     metrics["utility_accuracy"] = utility_accuracy if utility else None

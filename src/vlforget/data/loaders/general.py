@@ -7,8 +7,9 @@ this order (docs/loaders.md, per format):
 (a) a file or folder the user names with `general:` in the data config (any generic
     format, read by `generic.read_general_pairs`);
 (b) else what the loaded layout holds that is neither forget data nor evaluated: the
-    training part of the retain data (SafeEraser's own protocol: its unrelated-image,
-    unrelated-question UU pairs, see `layout_pairs`);
+    person benchmarks' retained people the sequence does not use (`persons.SPARE_PEOPLE`)
+    and the training part of the retain data (SafeEraser's own protocol: its
+    unrelated-image, unrelated-question UU pairs instead; see `layout_pairs`);
 (c) else none: `general_pool` raises, naming the `general:` option.
 
 Whatever the source, a pair equal to any request's forget pair (train or test) or to
@@ -21,25 +22,32 @@ from __future__ import annotations
 
 import hashlib
 import random
+from pathlib import Path
+from typing import Any
 
+from vlforget.data.loaders.persons import SPARE_PEOPLE
 from vlforget.text import normalise
 from vlforget.types import DeletionRequest, Sample
 
 GENERAL_OPTION = "general"  # the data-config key naming a file of general pairs
 
 
-def layout_pairs(format_name: str, requests: list[DeletionRequest]) -> list[Sample]:
-    """The layout's own general pairs: every request's retain-train pairs, except for
-    SafeEraser's own protocol, whose retain pairs are hard negatives on the forget
-    images (HU) or with the forget questions (UH); there the record's benign question
-    on its benign look-alike image (UU: neither forget image nor forget question) is
-    used, and the retain-train pairs only when no record gives one."""
+def layout_pairs(format_name: str, requests: list[DeletionRequest], path: str | Path | None = None,
+                 options: dict[str, Any] | None = None) -> list[Sample]:
+    """The layout's own general pairs: for MLLMU-Bench, CLEAR and FIUBench, every pair of
+    the retained people the sequence leaves out (read again from `path`), then every
+    request's retain-train pairs. SafeEraser's own protocol is the exception: its retain
+    pairs are hard negatives on the forget images (HU) or with the forget questions (UH),
+    so the record's benign question on its benign look-alike image (UU: neither forget
+    image nor forget question) is used, and the retain-train pairs only when no record
+    gives one."""
     retain = [s for r in requests for s in r.retain_train]
     if format_name == "safeeraser":
         unrelated = _safeeraser_uu(retain)
         if unrelated:
             return unrelated
-    return retain
+    spare = SPARE_PEOPLE[format_name](path, options or {}) if format_name in SPARE_PEOPLE and path else []
+    return spare + retain
 
 
 def _safeeraser_uu(retain: list[Sample]) -> list[Sample]:

@@ -36,7 +36,7 @@ class LoadedSequence:
         if not self._requests:
             raise ValueError(f"{path}: the {format_name} loader found no deletion requests")
         self._utility = list(utility or [])
-        self.format = format_name
+        self.format, self._path, self._options = format_name, path, options
         # Read now (as loaders read their data), so a bad file stops the run before it starts.
         self._general_named = read_general_pairs(general_file) if general_file is not None else None
         self._general: list[Sample] | None = None  # the filtered pool, built on first use
@@ -59,8 +59,8 @@ class LoadedSequence:
         for `tag`; cycled when fewer exist. From the `general:` file, else the layout's own
         (`loaders/general.py`); a ValueError naming the option when there are none."""
         if self._general is None:
-            source = self._general_named if self._general_named is not None else layout_pairs(self.format,
-                                                                                             self._requests)
+            source = self._general_named if self._general_named is not None else layout_pairs(
+                self.format, self._requests, self._path, self._options)
             self._general = without_request_pairs(source, self._requests)
         if not self._general:
             where = ("the 'general:' file holds none that is not a request's forget or test pair"

@@ -23,11 +23,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 F = Path(__file__).parent / "fixtures" / "loaders"
 TABLE = F / "table" / "pairs.jsonl"
 
-# the formats whose fixture layout holds general pairs of its own (CLEAR's does not: below)
+# every format's fixture, as a sequence of several requests
 LAYOUT_FIXTURES = [
     ("core", "core", dict(keywords_per_request=2, classes_per_request=2, imagenet_requests=2)),
     ("safeeraser", "safeeraser", {}),
     ("mllmu", "mllmu", dict(profiles_per_request=2)),
+    ("clear", "clear", dict(names_per_request=2)),
     ("fiubench", "fiubench", dict(people_per_request=2)),
     ("llava_json", "llava/conversations.json", dict(spec=str(F / "llava" / "spec.yaml"))),
     ("jsonl", "table/pairs.jsonl", {}),
@@ -41,7 +42,7 @@ def _request_keys(sequence: LoadedSequence) -> set:
 
 @pytest.mark.parametrize("name,path,options", LAYOUT_FIXTURES, ids=[f[0] for f in LAYOUT_FIXTURES])
 def test_the_layout_pool_holds_no_forget_or_evaluated_pair_and_draws_reproducibly(name, path, options):
-    if name == "mllmu":
+    if name in ("mllmu", "clear"):
         pytest.importorskip("pyarrow")
     sequence = LoadedSequence(name, F / path, options)
     drawn = sequence.general_pool(50, "probe")
@@ -64,11 +65,29 @@ def test_safeeraser_pool_is_unrelated_images_with_unrelated_questions():
     assert not {s.instruction for s in pool} & forget_questions
 
 
-def test_a_pool_without_general_pairs_names_the_option():
-    # CLEAR's fixture repeats its 12 colours over 18 photos, so every retain-train pair is
-    # pixel for pixel a forget pair (same image, same caption or name question): dropped.
-    pytest.importorskip("pyarrow")
-    sequence = LoadedSequence("clear", F / "clear", dict(names_per_request=2))
+@pytest.mark.parametrize("name,path,options,spare", [
+    ("mllmu", "mllmu", dict(profiles_per_request=2, retain_profiles=1), {"004", "005", "006"}),
+    ("clear", "clear", dict(names_per_request=2, retain_people=1), {"Eli Fen"}),
+    ("fiubench", "fiubench", dict(people_per_request=2, retain_people=0), {"00000005"}),
+])
+def test_person_benchmarks_add_the_retained_people_the_sequence_leaves_out(name, path, options, spare):
+    if name in ("mllmu", "clear"):
+        pytest.importorskip("pyarrow")
+    sequence = LoadedSequence(name, F / path, options)
+    sequence.general_pool(1, "x")
+    in_sequence = {s.meta["person"] for r in sequence.requests() for s in r.retain_train + r.retain_test}
+    outside = {s.meta["person"] for s in sequence._general if s.meta["split"] == "general"}
+    assert outside == spare and not outside & in_sequence
+    assert not {PairKeys()(s) for s in sequence._general} & _request_keys(sequence)
+
+
+def test_a_pool_without_general_pairs_names_the_option(tmp_path):
+    rows = [{"image": f"{i}.png", "instruction": "Who is this?", "answer": name, "request": "faces"}
+            for i, name in enumerate(["Ann", "Bob"])]  # forget rows only: nothing general
+    for i in range(2):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i}.png")
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sequence = LoadedSequence("jsonl", tmp_path / "pairs.jsonl", {})
     with pytest.raises(ValueError, match="general: FILE"):
         sequence.general_pool(4, "x")
 

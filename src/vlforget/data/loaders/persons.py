@@ -26,6 +26,7 @@ retain split) are spread over the requests and must still be answered.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -270,9 +271,6 @@ def load_fiubench(path: str | Path, *, forget_split: str = "forget5", people_per
     return _person_requests(people, retained, people_per_request, "fiubench", "person")
 
 
-
-
-
 # ----------------------------------------------------------- people outside the sequence
 # The retain splits hold many more people than a sequence keeps as retain data
 # (`retain_profiles` / `retain_people`). The rest belong to no request and none of their
@@ -281,8 +279,6 @@ def load_fiubench(path: str | Path, *, forget_split: str = "forget5", people_per
 
 def _options(loader, options: dict[str, Any]) -> dict[str, Any]:
     """The loader's options with its own defaults filled in (so the two never drift)."""
-    import inspect
-
     defaults = {k: p.default for k, p in inspect.signature(loader).parameters.items() if k != "path"}
     return {**defaults, **{k: v for k, v in options.items() if k in defaults}}
 
@@ -323,8 +319,8 @@ def clear_spare_people(path: str | Path, options: dict[str, Any]) -> list[Sample
     forgotten = {str(r.get("name") or "unnamed person") for r in read_table_folder(
         root / o["forget_split"], f"CLEAR {o['forget_split']}") if r.get("image") is not None}
     rows = read_table_folder(root / retain_split, f"CLEAR {retain_split}")
-    names = [n for n in dict.fromkeys(str(r.get("name") or "unnamed person") for r in rows if r.get("image") is not None)
-             if n not in forgotten]
+    people = dict.fromkeys(str(r.get("name") or "unnamed person") for r in rows if r.get("image") is not None)
+    names = [n for n in people if n not in forgotten]
     spare = set(names[o["retain_people"]:])
     pairs = _clear_pairs([r if str(r.get("name") or "unnamed person") in spare else {"image": None} for r in rows],
                          ImageCache(), [root], f"CLEAR {retain_split}", 0.0, "general")

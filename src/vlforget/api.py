@@ -33,7 +33,8 @@ def make_method(name: str, backbone, overrides: dict[str, Any] | None = None, ge
 
     `general`: where the methods that fit on general pairs (mllmeraser, sauce, eco, ...) draw
     them, a callable `(n, tag) -> list[Sample]`, e.g. `Benchmark().general_pool` for the
-    built-in world or your own pool of ordinary image-instruction pairs."""
+    built-in world, `LoadedSequence(format, path, options).general_pool` for a loaded
+    benchmark (docs/loaders.md, "General pairs") or your own pool of ordinary pairs."""
     from vlforget.methods.base import make_method as build
 
     return build(name, backbone, overrides, general=general)

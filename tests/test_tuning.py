@@ -108,7 +108,8 @@ def test_none_changes_nothing_and_tables_show_na_for_methods_that_never_refuse()
     table = markdown_summary({"core": {"summary": summary, "refuses": True},
                               "none": {"summary": summary, "refuses": False}})
     core_row, none_row = table.splitlines()[2], table.splitlines()[3]
-    assert "n/a" not in core_row and none_row.count("n/a") == 4 and none_row.count("42.0") == 2 * len(REPORT_KEYS) - 4
+    # CRR, dRR and clean refusal, avg and last, mean nothing for a method that never refuses
+    assert "n/a" not in core_row and none_row.count("n/a") == 6 and none_row.count("42.0") == 2 * len(REPORT_KEYS) - 6
 
 
 def test_tune_and_compare_commands_end_to_end(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 
@@ -190,22 +190,26 @@ def _with_core_repo(dataset: Optional[str], options: dict, core_repo: Optional[P
     return options
 
 
-def summary_table(runs: dict[str, dict], title: str = "Summary (percent)") -> Table:
-    """Compact terminal table: one row per method, each metric as "avg/last" so it fits 80 columns."""
+def summary_table(runs: dict[str, dict], title: str = "Summary (percent)") -> Group:
+    """Compact terminal tables: one row per method, each metric as "avg/last" so each fits 80
+    columns; the headline metrics, then refusal quality (clean refusal) under them."""
     from rich import box
 
-    from vlforget.evaluation.report import LABELS, SUMMARY_KEYS, summary_rows
+    from vlforget.evaluation.report import LABELS, SUMMARY_KEYS, WORDING_KEYS, summary_rows
 
     table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
                   caption="each cell: mean over steps / after the last request; s/req: median seconds per request")
-    table.add_column("method", no_wrap=True)
-    for key in SUMMARY_KEYS:
-        table.add_column(LABELS[key] if key != "overrefusal" else "OverRef", justify="right", no_wrap=True)
-    table.add_column("s/req", justify="right", no_wrap=True)
-    for row in summary_rows(runs):
-        pairs = [f"{row[1 + 2 * i]}/{row[2 + 2 * i]}" for i in range(len(SUMMARY_KEYS))]
-        table.add_row(escape(row[0]), *pairs, row[-1])
-    return table
+    wording = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)  # docs/metrics.md says what it is
+    for part, keys in ((table, SUMMARY_KEYS), (wording, WORDING_KEYS)):
+        part.add_column("method", no_wrap=True)
+        for key in keys:
+            part.add_column(LABELS[key] if key != "overrefusal" else "OverRef", justify="right", no_wrap=True)
+        if part is table:
+            part.add_column("s/req", justify="right", no_wrap=True)
+        for row in summary_rows(runs, keys):
+            pairs = [f"{row[1 + 2 * i]}/{row[2 + 2 * i]}" for i in range(len(keys))]
+            part.add_row(escape(row[0]), *pairs, *([row[-1]] if part is table else []))
+    return Group(table, wording)
 
 
 def _finish(runs: dict[str, dict], dirs: dict[str, Path], out: Path, title: str = "Summary") -> None:

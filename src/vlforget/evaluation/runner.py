@@ -158,6 +158,7 @@ class ContinualRun:
         self.judge = judge
         self.progress = progress or (lambda event, info: None)
         self.contexts = {r.name: r.refusals + [r.description] for r in self.requests}
+        self.refusals = {r.name: list(r.refusals) for r in self.requests}  # what a clean refusal equals
         self.base_rows: list[dict[str, Any]] = []  # the zero-shot model's answers (step 0)
         self.with_views = with_views  # False: headline only (tuning reads nothing else)
         if evaluate not in ("every", "last"):
@@ -219,7 +220,8 @@ class ContinualRun:
             rows += pair_rows(step, r.name, "retain", r.retain_test, respond(self.method, r.retain_test))
         utility = self.benchmark.utility_split()
         rows += pair_rows(step, None, "utility", utility, respond(self.method, utility))
-        return score_rows(rows, utility_base, self.judge, self.contexts, self.base_rows), rows
+        return score_rows(rows, utility_base, self.judge, self.contexts, self.base_rows, refusals=self.refusals,
+                          refuses=self.method.refuses), rows
 
     def views(self) -> list[str]:
         """The benchmark's extra views of the test pairs (v2: request phrasings, pressure)."""
@@ -238,7 +240,8 @@ class ContinualRun:
             retain[r.name] = [(resp, s.answer) for resp, s in zip(respond(self.method, pairs), pairs)]
         utility = self.benchmark.utility_view(view)
         utility_acc = exact_match(respond(self.method, utility), [s.answer for s in utility])
-        metrics = step_metrics(forget, retain, utility_acc, utility_base, self.judge, self.contexts)
+        metrics = step_metrics(forget, retain, utility_acc, utility_base, self.judge, self.contexts,
+                               refusals=self.refusals, refuses=self.method.refuses)
         if not utility:
             metrics["s"] = None  # no general held-out data: utility is not measured
         return metrics

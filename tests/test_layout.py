@@ -98,6 +98,35 @@ def test_layers_import_only_downwards(layer, forbidden):
     assert not bad, bad
 
 
+# Methods get general pairs from the benchmark in use (`Method.general_pool`), never from
+# the built-in world in `vlforget.data`: a method that read it would fit a loaded
+# benchmark's probes on synthetic shapes. These CORE files still read it (the CORE
+# developer is removing that); the lead empties the set at merge. The test below fails
+# when a listed file no longer imports vlforget.data, so the list cannot go stale.
+STILL_READS_BUILTIN_WORLD = {"methods/core/scorer.py", "methods/core/concepts.py"}
+
+
+def _reads_data_layer(path: Path) -> bool:
+    package = ".".join(path.relative_to(ROOT / "src").with_suffix("").parts[:-1])
+    modules = set(imported_modules(path))
+    for node in ast.walk(ast.parse(path.read_text())):  # relative imports: `from ..data import x`
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+            full = ".".join(p for p in (base, node.module) if p)
+            modules |= {full, *(f"{full}.{alias.name}" for alias in node.names)}
+    return any(m == "vlforget.data" or m.startswith("vlforget.data.") for m in modules)
+
+
+def test_no_method_module_reads_the_built_in_world():
+    source = ROOT / "src" / "vlforget"
+    reading = {path.relative_to(source).as_posix() for path in sorted(METHODS_DIR.rglob("*.py"))
+               if _reads_data_layer(path)}
+    assert not reading - STILL_READS_BUILTIN_WORLD, \
+        f"method modules import vlforget.data (use self.general_pool): {sorted(reading - STILL_READS_BUILTIN_WORLD)}"
+    stale = STILL_READS_BUILTIN_WORLD - reading
+    assert not stale, f"no longer import vlforget.data: remove them from STILL_READS_BUILTIN_WORLD: {sorted(stale)}"
+
+
 WHAT = {"forget": "forget pairs", "retain": "retain pairs", "text": "request text", "general": "general pairs"}
 
 

@@ -130,6 +130,39 @@ def test_unknown_config_key_names_the_nearest():
         make_method("idknll", None, {"step": 3})
 
 
+def test_load_hands_the_tensors_over_on_the_methods_state_device(tmp_path):
+    """safetensors reads onto the CPU; `load` moves the tensors to `state_device()` (the
+    backbone's device by default) before `load_state_tensors`, so a GPU run's restored
+    state meets its activations on the GPU. `meta` stands in for a second device here."""
+    from vlforget.methods.base import Method
+
+    class Recorder(Method):
+        name = "recorder"
+
+        def __init__(self, backbone, target):
+            super().__init__(backbone)
+            self.target, self.seen = target, None
+
+        def _unlearn(self, request):
+            pass
+
+        def state_tensors(self):
+            return {"w": torch.ones(2, device="cpu")}
+
+        def load_state_tensors(self, tensors):
+            self.seen = {k: v.device for k, v in tensors.items()}
+
+        def state_device(self):
+            return self.target
+
+    saved = Recorder(None, torch.device("cpu"))
+    saved.save(tmp_path / "state")
+    restored = Recorder(None, torch.device("meta"))
+    restored.load(tmp_path / "state")
+    assert restored.seen == {"w": torch.device("meta")}
+    assert Recorder.__mro__[1].state_device(saved) == torch.device("cpu")  # no backbone: the CPU
+
+
 # ------------------------------------------------------------------ what a method reads
 
 # The least work that still runs each method's whole `_unlearn`: what it reads is what

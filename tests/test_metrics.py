@@ -116,3 +116,37 @@ def test_step_metrics_with_a_real_judge():
     assert m["crr"] == 50.0 and m["rr_forget"] == 75.0
     assert m["leak"] == 75.0  # the leaking refusal, the generic refusal ('no star') and the answer
     assert m["ar"] == 50.0 and m["overrefusal"] == 50.0
+
+
+def _forget_row(request, response):
+    return {"step": 1, "request": request, "split": "forget", "mode": "count", "instruction": "how many?",
+            "response": response, "reference": "two", "refusal": None, "verdict": None}
+
+
+RED = "sorry, i cannot count objects in images with red things."
+REFUSALS = {"red-count": [RED], "star-id": ["sorry, i cannot identify stars."]}
+JUDGE_CONTEXTS = {name: [*sentences, name.replace("-", " ")] for name, sentences in REFUSALS.items()}
+
+
+def test_clean_refusal_on_hand_made_rows():
+    from vlforget.evaluation.responses import score_rows
+
+    rows = [_forget_row("red-count", RED),  # exact: clean
+            _forget_row("red-count", "Sorry, I cannot count objects in images  with red things."),  # normalised: clean
+            # the judge credits a refusal with a repeated tail; it is not clean
+            _forget_row("red-count", RED[:-1] + " sorry, i cannot count cannot count"),
+            _forget_row("red-count", "sorry, i cannot identify stars."),  # wrong context: not counted
+            _forget_row("red-count", "two"),  # an answer: not counted
+            _forget_row("star-id", "two")]  # no context-correct refusal at all
+    m = score_rows(rows, None, make_judge("lexical"), JUDGE_CONTEXTS, refusals=REFUSALS)
+    assert [r["verdict"]["context_ok"] for r in rows] == [True, True, True, False, False, False]
+    assert m["clean_refusal"] == pytest.approx(200 / 3)  # 2 of the 3 context-correct refusals, pooled
+    assert m["per_request"]["red-count"]["clean_refusal"] == pytest.approx(200 / 3)
+    assert m["per_request"]["star-id"]["clean_refusal"] is None  # no context-correct refusal: undefined
+    only_answers = score_rows([_forget_row("star-id", "two")], None, make_judge("lexical"), JUDGE_CONTEXTS,
+                              refusals=REFUSALS)
+    assert only_answers["clean_refusal"] is None
+    never = score_rows([_forget_row("red-count", RED)], None, make_judge("lexical"), JUDGE_CONTEXTS,
+                       refusals=REFUSALS, refuses=False)
+    assert never["clean_refusal"] is None  # a method that never refuses: n/a, whatever it said
+    assert summarize([{"clean_refusal": None}, {"clean_refusal": 50.0}])["clean_refusal_avg"] == 50.0

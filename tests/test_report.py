@@ -47,6 +47,64 @@ def test_report_loads_in_chromium_without_console_errors(report, tmp_path):
     assert shot.stat().st_size > 10_000
 
 
+@pytest.fixture(scope="module")
+def refusing_run(tmp_path_factory):
+    """One request, trained long enough (30 steps) that the built-in model refuses some forget pairs."""
+    from vlforget.models.checkpoints import builtin_path
+
+    out = tmp_path_factory.mktemp("refusing")
+    config = BenchmarkConfig(seed=0, n_forget_train=8, n_forget_test=6, n_retain_train=8, n_retain_test=6,
+                             n_utility=12, version=2)
+    results = ContinualRun("idknll", Benchmark(config), out, lambda: Backbone.load(builtin_path(2)), {"steps": 30},
+                           make_judge("lexical"), limit=1, with_views=False).run()
+    return write_report({"idknll": results}, {"idknll": out}, out)
+
+
+def test_clean_refusal_is_recorded_reported_and_rescored(refusing_run, tmp_path):
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from vlforget.cli import app
+    from vlforget.evaluation.report import fmt
+    from vlforget.evaluation.responses import read_rows
+    from vlforget.text import normalise
+
+    path = refusing_run
+    run = path.parent
+    saved = json.loads((run / "results.json").read_text())
+    last = saved["steps"][-1]
+    # recomputed from the kept rows: context-correct forget rows equal to a refusal sentence
+    credited = [r for r in read_rows(run) if r["step"] == last["step"] and r["split"] == "forget"
+                and r["verdict"]["context_ok"]]
+    sentences = {name: {normalise(t) for t in texts[:-1]} for name, texts in saved["contexts"].items()}
+    clean = sum(normalise(r["response"]) in sentences[r["request"]] for r in credited)
+    assert credited and last["clean_refusal"] == pytest.approx(100 * clean / len(credited))
+    assert saved["summary"]["clean_refusal_last"] == last["clean_refusal"]
+    assert saved["summary"]["clean_refusal_avg"] is not None
+    cell = fmt(last["clean_refusal"])
+    assert "Clean refusal Last" in path.read_text()
+    assert "Clean refusal Last" in (run / "summary.md").read_text()
+
+    rescored = CliRunner().invoke(app, ["rescore", str(run), "--judge", "lexical"])
+    assert rescored.exit_code == 0, rescored.output
+    assert "Clean refusal" in rescored.output and cell in rescored.output
+    again = json.loads((run / "rescored" / "lexical" / "results.json").read_text())
+    assert again["steps"][-1]["clean_refusal"] == last["clean_refusal"]  # same judge, same rows
+
+    # a method that never refuses: n/a in results and tables (the existing pattern for CRR, dRR)
+    copy = tmp_path / "never"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("rescored", "states"))
+    saved["refuses"] = False
+    (copy / "results.json").write_text(json.dumps(saved))
+    never = CliRunner().invoke(app, ["rescore", str(copy), "--judge", "lexical"])
+    assert never.exit_code == 0, never.output
+    record = json.loads((copy / "rescored" / "lexical" / "results.json").read_text())
+    assert record["steps"][-1]["clean_refusal"] is None and record["summary"]["clean_refusal_avg"] is None
+    assert "n/a/n/a" in never.output.split("Clean refusal")[1]
+
+
 def test_comparison_table_has_a_reads_column():
     from vlforget.evaluation.report import REPORT_KEYS, markdown_summary
 

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vlforget.cli import app
+from vlforget.methods import available_methods
 from vlforget.data.benchmark import Benchmark, BenchmarkConfig
 from vlforget.evaluation.judge import make_judge
 from vlforget.evaluation.runner import ContinualRun
@@ -87,6 +88,8 @@ def test_cli_methods_lists_every_baseline():
     assert result.exit_code == 0
     for name in ("idknll", "ga", "graddiff", "kl", "npo", "ewc", "lwf"):
         assert name in result.output
+    names = CliRunner().invoke(app, ["methods", "--names"])  # what benchmarks/reproduce_results.sh reads
+    assert names.exit_code == 0 and names.output.split() == sorted(available_methods())
 
 
 @pytest.mark.parametrize("argv, config, message", [

@@ -71,6 +71,22 @@ def test_tune_records_every_point_chooses_by_the_rule_and_resumes(tmp_path):
     assert tuned_overrides(tmp_path / "tuned", "fake", "1.0")[0] is None  # tuned on another version
     assert tuned_overrides(tmp_path / "tuned", "other", "2.0")[0] is None
 
+    calls.clear()  # the method's code or defaults changed: its recorded numbers no longer count
+    tune("fake", grid, run_point, tmp_path / "tuned", tmp_path / "work", "2.0", 0, True, 8, log=lambda m: None,
+         identity=lambda overrides: {"source_sha256": "new"})
+    assert [o for o, _ in calls] == grid
+
+
+def test_method_identity_follows_defaults_overrides_and_source():
+    from vlforget.evaluation.tuning import method_identity
+    from vlforget.methods import method_class
+
+    idknll, core = method_class("idknll"), method_class("core")
+    assert method_identity(idknll, {}) == method_identity(idknll, {})
+    assert method_identity(idknll, {"steps": 7})["config"]["steps"] == 7
+    assert method_identity(idknll, {})["config"] != method_identity(idknll, {"steps": 7})["config"]
+    assert method_identity(idknll, {})["source_sha256"] != method_identity(core, {})["source_sha256"]
+
 
 def test_none_changes_nothing_and_tables_show_na_for_methods_that_never_refuse():
     from vlforget.models.backbone import Backbone
@@ -92,7 +108,8 @@ def test_none_changes_nothing_and_tables_show_na_for_methods_that_never_refuse()
     table = markdown_summary({"core": {"summary": summary, "refuses": True},
                               "none": {"summary": summary, "refuses": False}})
     core_row, none_row = table.splitlines()[2], table.splitlines()[3]
-    assert "n/a" not in core_row and none_row.count("n/a") == 4 and none_row.count("42.0") == 2 * len(REPORT_KEYS) - 4
+    # CRR, dRR and clean refusal, avg and last, mean nothing for a method that never refuses
+    assert "n/a" not in core_row and none_row.count("n/a") == 6 and none_row.count("42.0") == 2 * len(REPORT_KEYS) - 6
 
 
 def test_tune_and_compare_commands_end_to_end(tmp_path):
@@ -134,3 +151,21 @@ def test_run_on_the_validation_sequence(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["benchmark_config"]["sequence"] == "validation"
     assert results["requests"][0]["name"] == "triangle-identity"
+
+
+def test_evaluate_last_skips_intermediate_evaluations(tmp_path):
+    """Tuning's runs evaluate only after the last request (the rule reads nothing else);
+    the averages are then undefined rather than the mean of one step."""
+    from vlforget.data.benchmark import Benchmark, BenchmarkConfig
+    from vlforget.evaluation.runner import ContinualRun
+    from vlforget.models.backbone import Backbone
+
+    bench = Benchmark(BenchmarkConfig(seed=3, n_forget_train=4, n_forget_test=2, n_retain_train=4, n_retain_test=2,
+                                      n_utility=4, sequence="validation"))
+    results = ContinualRun("none", bench, tmp_path / "run", Backbone.load, judge=None, limit=2, with_views=False,
+                           evaluate="last").run()
+    first, last = results["steps"]
+    assert first["evaluated"] is False and "ar" not in first and last["ar"] is not None
+    assert results["summary"]["ar_last"] == last["ar"] and results["summary"]["ar_avg"] is None
+    with pytest.raises(ValueError, match="evaluate must be"):
+        ContinualRun("none", bench, tmp_path / "other", Backbone.load, evaluate="sometimes")

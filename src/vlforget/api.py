@@ -33,7 +33,8 @@ def make_method(name: str, backbone, overrides: dict[str, Any] | None = None, ge
 
     `general`: where the methods that fit on general pairs (mllmeraser, sauce, eco, ...) draw
     them, a callable `(n, tag) -> list[Sample]`, e.g. `Benchmark().general_pool` for the
-    built-in world or your own pool of ordinary image-instruction pairs."""
+    built-in world, `LoadedSequence(format, path, options).general_pool` for a loaded
+    benchmark (docs/loaders.md, "General pairs") or your own pool of ordinary pairs."""
     from vlforget.methods.base import make_method as build
 
     return build(name, backbone, overrides, general=general)
@@ -79,7 +80,8 @@ def evaluate(method, requests: Sequence[DeletionRequest], judge=None, utility: S
               for r in requests if r.retain_test}
     contexts = {r.name: [*r.refusals, r.description] for r in requests}
     utility_accuracy = exact_match(answers(utility), [s.answer for s in utility]) if utility else 0.0
-    metrics = step_metrics(forget, retain, utility_accuracy, utility_base or 0.0, judge, contexts)
+    metrics = step_metrics(forget, retain, utility_accuracy, utility_base or 0.0, judge, contexts,
+                           refusals={r.name: r.refusals for r in requests}, refuses=getattr(method, "refuses", True))
     if not utility or utility_base is None:
         metrics["s"] = None
     metrics["utility_accuracy"] = utility_accuracy if utility else None

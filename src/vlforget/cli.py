@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 
@@ -190,22 +190,26 @@ def _with_core_repo(dataset: Optional[str], options: dict, core_repo: Optional[P
     return options
 
 
-def summary_table(runs: dict[str, dict], title: str = "Summary (percent)") -> Table:
-    """Compact terminal table: one row per method, each metric as "avg/last" so it fits 80 columns."""
+def summary_table(runs: dict[str, dict], title: str = "Summary (percent)") -> Group:
+    """Compact terminal tables: one row per method, each metric as "avg/last" so each fits 80
+    columns; the headline metrics, then refusal quality (clean refusal) under them."""
     from rich import box
 
-    from vlforget.evaluation.report import LABELS, SUMMARY_KEYS, summary_rows
+    from vlforget.evaluation.report import LABELS, SUMMARY_KEYS, WORDING_KEYS, summary_rows
 
     table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
                   caption="each cell: mean over steps / after the last request; s/req: median seconds per request")
-    table.add_column("method", no_wrap=True)
-    for key in SUMMARY_KEYS:
-        table.add_column(LABELS[key] if key != "overrefusal" else "OverRef", justify="right", no_wrap=True)
-    table.add_column("s/req", justify="right", no_wrap=True)
-    for row in summary_rows(runs):
-        pairs = [f"{row[1 + 2 * i]}/{row[2 + 2 * i]}" for i in range(len(SUMMARY_KEYS))]
-        table.add_row(escape(row[0]), *pairs, row[-1])
-    return table
+    wording = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)  # docs/metrics.md says what it is
+    for part, keys in ((table, SUMMARY_KEYS), (wording, WORDING_KEYS)):
+        part.add_column("method", no_wrap=True)
+        for key in keys:
+            part.add_column(LABELS[key] if key != "overrefusal" else "OverRef", justify="right", no_wrap=True)
+        if part is table:
+            part.add_column("s/req", justify="right", no_wrap=True)
+        for row in summary_rows(runs, keys):
+            pairs = [f"{row[1 + 2 * i]}/{row[2 + 2 * i]}" for i in range(len(keys))]
+            part.add_row(escape(row[0]), *pairs, *([row[-1]] if part is table else []))
+    return Group(table, wording)
 
 
 def _finish(runs: dict[str, dict], dirs: dict[str, Path], out: Path, title: str = "Summary") -> None:
@@ -227,7 +231,7 @@ def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path]
             placement: tuple = ("cpu", None), data_options: Optional[dict] = None, benchmark=None,
             core_repo: Optional[Path] = None, utility: Optional[Path] = None,
             utility_limit: Optional[int] = None, version: int = 2, sequence: str = "test",
-            quiet: bool = False, with_views: bool = True) -> dict:
+            quiet: bool = False, with_views: bool = True, evaluate: str = "every") -> dict:
     from vlforget.configs import build_config
     from vlforget.evaluation.runner import ContinualRun, folder_lock, prepare_out_dir
     from vlforget.methods import method_class
@@ -244,7 +248,7 @@ def run_one(method: str, out: Path, model: Optional[str], config: Optional[Path]
     prepare_out_dir(out)
     with folder_lock(out):  # before the model loads: a second run on this folder stops at once
         return _run_locked(ContinualRun(method, benchmark, out, _backbone_loader(model, placement, version), overrides,
-                                        judge, limit, with_views=with_views), method, quiet)
+                                        judge, limit, with_views=with_views, evaluate=evaluate), method, quiet)
 
 
 def _run_locked(run, method: str, quiet: bool = False) -> dict:
@@ -278,12 +282,16 @@ def _run_locked(run, method: str, quiet: bool = False) -> dict:
 def methods(verbose: bool = typer.Option(False, "--verbose", "-v", help="also list every config field"),
             config: Optional[Path] = typer.Option(None, help="JSON/YAML file: method name -> its config overrides "
                                                   "(as `compare --config`): check it and show the effective "
-                                                  "config of each method it names (* = set by the file)")):
+                                                  "config of each method it names (* = set by the file)"),
+            names: bool = typer.Option(False, "--names", help="only the names, one per line (for scripts)")):
     """List the registered unlearning methods (or check a config file against them)."""
     from vlforget.configs import build_config, config_help
     from vlforget.evaluation.report import reads_text
     from vlforget.methods import available_methods, method_class
 
+    if names:
+        print("\n".join(available_methods()))
+        return
     per_method = _overrides(config)
     for name, overrides in per_method.items():
         if not isinstance(overrides, dict):
@@ -469,24 +477,30 @@ def tune(method: str = typer.Option(..., help="registered method name (its grid:
          dtype: str = typer.Option("auto", help=DTYPE_HELP)):
     """Tune a method: its grid on the validation sequence (never the test one), one rule, resumable."""
     from vlforget.data.benchmark import BENCHMARK_VERSIONS
-    from vlforget.evaluation.tuning import RULE
+    from vlforget.evaluation.tuning import RULE, method_identity
     from vlforget.evaluation.tuning import tune as run_tuning
     from vlforget.methods import method_class
     from vlforget.methods.tuning_grids import grid_for
+    from vlforget.models.checkpoints import builtin_path
+    from vlforget.models.identity import checkpoint_fingerprint
 
     cls = method_class(method)
     grid = grid_for(method)
     placement = _placement(device, dtype)
     n_requests = len(_benchmark(seed, None, None, version=2, sequence="validation").specs)
+    # Points tuned on another built-in model do not count either (it is retrained at times).
+    model_fingerprint = checkpoint_fingerprint(builtin_path(2))
 
     def run_point(overrides: dict, folder: Path) -> dict:
         return run_one(method, folder, None, None, None, seed, None, limit, judge, overrides=overrides,
-                       placement=placement, version=2, sequence="validation", quiet=True, with_views=False)
+                       placement=placement, version=2, sequence="validation", quiet=True, with_views=False,
+                       evaluate="last")  # the rule reads only the numbers after the last request
 
     console.print(f"tuning {method}: {len(grid)} grid points on the validation sequence; rule: {RULE}",
                   highlight=False)
     record = run_tuning(method, grid, run_point, out, work / method, BENCHMARK_VERSIONS[2], seed, cls.refuses,
-                        min(limit or n_requests, n_requests), log=lambda m: console.print(m, highlight=False))
+                        min(limit or n_requests, n_requests), log=lambda m: console.print(m, highlight=False),
+                        identity=lambda overrides: {**method_identity(cls, overrides), "model": model_fingerprint})
     console.print(f"chosen: {json.dumps(record['chosen'], sort_keys=True)}  record: {out / (method + '.json')}",
                   highlight=False)
 

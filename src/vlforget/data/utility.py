@@ -169,3 +169,8 @@ class WithUtility:
 
     def utility_split(self) -> list[Sample]:
         return self._samples
+
+    def general_pool(self, n: int, tag: str) -> list[Sample]:
+        """The wrapped sequence's general pairs: a utility file replaces what S is measured on,
+        not what methods fit on (without this, --utility would hide the pool from the runner)."""
+        return self._sequence.general_pool(n, tag)

@@ -11,6 +11,10 @@ request t (seen requests R_t = {1..t}, every request's retain pairs in the seque
 - dRR_t  = ((100 - RR_forget_t) + RR_retain_t) / 2, mean distance from the targets.
 - Leak_t = mean over r in R_t of % of forget responses containing the original answer.
 - OverRefusal_t = RR_retain_t = % of retain responses that are refusals.
+- CleanRefusal_t = % of the context-correct refusals (pooled over R_t) that are, after
+           `normalise`, exactly one of the request's refusal sentences (no stray or
+           repeated words the judge still credits); None when there are none, or for a
+           method that never refuses.
 Summary: X_avg = mean over steps of X_t, X_last = X_T.
 """
 
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from vlforget.evaluation.judge import Judge, make_judge
-from vlforget.text import normalise_answer
+from vlforget.text import normalise, normalise_answer
 
 Pair = tuple[str, str]  # (response, reference): original answer (forget) or correct answer (retain)
 
@@ -43,11 +47,13 @@ METRICS: dict[str, Metric] = {m.key: m for m in [
     Metric("rr_retain", False, "refusal rate on retain data"),
     Metric("leak", False, "forget responses that still contain the original answer (mean over requests)"),
     Metric("overrefusal", False, "retain responses that are refusals (= rr_retain)"),
+    Metric("clean_refusal", True, "context-correct refusals that are exactly one of the request's refusal "
+                                  "sentences (after normalise), pooled"),
     Metric("retain_rougeL", True, "ROUGE-L F1 of retain answers against the zero-shot model's answers"),
     Metric("retain_similarity", True, "MiniLM cosine similarity of retain answers to the zero-shot model's answers"),
 ]}
 # The metrics summarised as <key>_avg / <key>_last.
-SUMMARY_METRICS = ("crr", "crr_pooled", "ar", "s", "drr", "leak", "overrefusal", "retain_rougeL",
+SUMMARY_METRICS = ("crr", "crr_pooled", "ar", "s", "drr", "leak", "overrefusal", "clean_refusal", "retain_rougeL",
                    "retain_similarity")
 
 
@@ -97,6 +103,12 @@ def specificity(utility_accuracy: float, utility_base: float) -> float | None:
     return 100.0 if utility_accuracy == 0 else None
 
 
+def is_clean_refusal(response: str, sentences: Sequence[str]) -> bool:
+    """The response is, after `normalise`, exactly one of the sentences: a context-correct
+    refusal with a repeated tail ("... cannot count cannot count") is not clean."""
+    return normalise(response) in {normalise(s) for s in sentences}
+
+
 def refusal_deviation(rr_forget: float | None, rr_retain: float | None) -> float | None:
     """dRR = mean of |RR_forget - 100| and |RR_retain - 0| over the groups that exist."""
     return mean([None if rr_forget is None else 100.0 - rr_forget, rr_retain])
@@ -104,7 +116,8 @@ def refusal_deviation(rr_forget: float | None, rr_retain: float | None) -> float
 
 def step_metrics(forget: dict[str, list[Pair]], retain: dict[str, list[Pair]], utility_accuracy: float,
                  utility_base: float, judge: Judge | None, contexts: dict[str, list[str]],
-                 verdicts: dict[str, dict[str, list]] | None = None) -> dict[str, Any]:
+                 verdicts: dict[str, dict[str, list]] | None = None, *,
+                 refusals: dict[str, Sequence[str]] | None = None, refuses: bool = True) -> dict[str, Any]:
     """All metrics of one evaluation step.
 
     forget:   request name -> [(response, original answer)] for every request seen so far;
@@ -118,11 +131,16 @@ def step_metrics(forget: dict[str, list[Pair]], retain: dict[str, list[Pair]], u
               among; must contain every forget request.
     verdicts: if given, filled with the judge's decision on every pair, so the caller can
               keep them beside the responses: {"forget": {name: [Verdict]}, "retain": {name: [refused]}}.
+    refusals: request name -> its refusal sentences, what a clean refusal equals (None: the
+              request's contexts; a request missing here has clean_refusal None).
+    refuses:  False for a method that never refuses by design (`Method.refuses`):
+              clean_refusal is then None.
     Returns the headline rates plus `per_request` breakdowns (for request x step heatmaps).
     """
     judge = judge or make_judge("auto")
     per_request: dict[str, dict[str, Any]] = {}
-    totals = {"n": 0, "ok": 0, "refused": 0}
+    refusals = contexts if refusals is None else refusals
+    totals = {"n": 0, "ok": 0, "refused": 0, "clean_of": 0, "clean": 0}
     for name, pairs in forget.items():
         judged = judge.judge([r for r, _ in pairs], [name] * len(pairs), contexts)
         if verdicts is not None:
@@ -131,11 +149,18 @@ def step_metrics(forget: dict[str, list[Pair]], retain: dict[str, list[Pair]], u
         refused = sum(v.refused for v in judged)
         known = [(r, a) for r, a in pairs if normalise_answer(a)]
         leaked = sum(contains_answer(r, a, contexts.get(name, ())) for r, a in known)
+        # Clean refusals: of the context-correct ones, those that are exactly a refusal
+        # sentence. Counted only where the sentences are known and the method refuses.
+        credited = [r for (r, _), v in zip(pairs, judged) if v.context_ok] if refuses and refusals.get(name) else []
+        clean = sum(is_clean_refusal(r, refusals[name]) for r in credited)
         per_request[name] = {"n_forget": len(pairs), "crr": pct(ok, len(pairs)),
-                             "rr_forget": pct(refused, len(pairs)), "leak": pct(leaked, len(known))}
+                             "rr_forget": pct(refused, len(pairs)), "leak": pct(leaked, len(known)),
+                             "clean_refusal": pct(clean, len(credited))}
         totals["n"] += len(pairs)
         totals["ok"] += ok
         totals["refused"] += refused
+        totals["clean_of"] += len(credited)
+        totals["clean"] += clean
 
     retain_n = retain_refused = retain_answered = 0
     for name, pairs in retain.items():
@@ -166,6 +191,7 @@ def step_metrics(forget: dict[str, list[Pair]], retain: dict[str, list[Pair]], u
         "rr_retain": rr_retain,
         "leak": mean([e["leak"] for e in seen]),
         "overrefusal": rr_retain,
+        "clean_refusal": pct(totals["clean"], totals["clean_of"]),
         "utility_accuracy": utility_accuracy,
         "n_forget": totals["n"],
         "n_retain": retain_n,

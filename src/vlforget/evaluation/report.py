@@ -25,10 +25,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 SUMMARY_KEYS = ["crr", "ar", "s", "drr", "leak", "overrefusal"]  # the terminal table (fits 80 columns)
-# The report and summary.md add the retain answers' agreement with the zero-shot model.
-REPORT_KEYS = SUMMARY_KEYS + ["retain_rougeL", "retain_similarity"]
+# Refusal quality, a second small terminal table under it (a 7th column would not fit 80).
+WORDING_KEYS = ["clean_refusal"]
+# The report and summary.md add them and the retain answers' agreement with the zero-shot model.
+REPORT_KEYS = SUMMARY_KEYS + WORDING_KEYS + ["retain_rougeL", "retain_similarity"]
 LABELS = {"crr": "CRR", "ar": "AR", "s": "S", "drr": "dRR", "leak": "Leak", "overrefusal": "Over-refusal",
-          "retain_rougeL": "Retain ROUGE-L", "retain_similarity": "Retain sim"}
+          "clean_refusal": "Clean refusal", "retain_rougeL": "Retain ROUGE-L", "retain_similarity": "Retain sim"}
 
 
 def fmt(value, width: int = 0) -> str:
@@ -105,11 +107,12 @@ def routing_heatmap(results: dict) -> str | None:
 
 
 # Metrics that only mean something for a method that refuses (see `Method.refuses`).
-REFUSAL_KEYS = ("crr", "drr")
+REFUSAL_KEYS = ("crr", "crr_pooled", "drr", "clean_refusal")
 
 
 def _cell(summary: dict, key: str, refuses: bool) -> str:
-    if key.split("_")[0] in REFUSAL_KEYS and not refuses:
+    """`key` is <metric>_avg or <metric>_last."""
+    if key.rsplit("_", 1)[0] in REFUSAL_KEYS and not refuses:
         return "n/a"  # never refuses by design: CRR 0 / dRR 50 would rank it on nothing
     return fmt(summary.get(key))
 
@@ -246,7 +249,9 @@ def write_report(runs: dict[str, dict], run_dirs: dict[str, Path], out_dir: Path
     parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Summary (percent)</h2>", table,
              "<p>CRR: context-aware refusal rate on forget data of requests seen so far; AR: answer rate "
              "(answered correctly) on retain data; S: utility relative to the original model; dRR: "
-             "refusal-rate deviation (lower is better). Avg = mean over steps; Last = after the final request.</p>",
+             "refusal-rate deviation (lower is better); Clean refusal: share of the context-correct refusals "
+             "that are exactly one of the request's refusal sentences (no stray or repeated words). "
+             "Avg = mean over steps; Last = after the final request.</p>",
              "<h2>Per-step curves</h2>", f"<img class='plot' alt='curves' src='data:image/png;base64,{curves_plot(runs)}'>"]
     for name, results in runs.items():
         parts.append(f"<h2>{html.escape(name)}</h2>")

@@ -27,6 +27,10 @@ def rescore(run_dir: Path, judge, judge_name: str) -> tuple[dict[str, Any], Path
     results = json.loads(path.read_text())
     rows = read_rows(run_dir)
     contexts = results.get("contexts") or {r["name"]: [r["description"]] for r in results["requests"]}
+    # The runner records each request's contexts as its refusal sentences + its description:
+    # the sentences are what a clean refusal equals (runs without contexts know none).
+    refusals = {name: texts[:-1] for name, texts in (results.get("contexts") or {}).items()}
+    refuses = results.get("refuses", True)
     by_step: dict[int, list[dict]] = {}
     for row in rows:
         by_step.setdefault(int(row["step"]), []).append(row)
@@ -46,7 +50,8 @@ def rescore(run_dir: Path, judge, judge_name: str) -> tuple[dict[str, Any], Path
         step_rows = by_step.get(record["step"])
         if not step_rows:
             raise ValueError(f"{run_dir}: no responses kept for step {record['step']}; cannot re-score it")
-        metrics = score_rows(step_rows, utility_base, judge, contexts, base_rows)
+        metrics = score_rows(step_rows, utility_base, judge, contexts, base_rows, refusals=refusals,
+                             refuses=refuses)
         for key in [k for k in record if k not in ("step", "request", "unlearn_seconds", "eval_seconds",
                                                    "peak_rss_mb")]:
             record.pop(key)

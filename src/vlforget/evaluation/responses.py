@@ -69,8 +69,12 @@ def utility_accuracy(rows: Sequence[dict[str, Any]]) -> float:
 
 
 def score_rows(rows: list[dict[str, Any]], utility_base: float | None, judge,
-               contexts: dict[str, list[str]], base_rows: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+               contexts: dict[str, list[str]], base_rows: Sequence[dict[str, Any]] = (), *,
+               refusals: dict[str, Sequence[str]] | None = None, refuses: bool = True) -> dict[str, Any]:
     """The step metrics of one step's rows; fills each row's `verdict` in place.
+
+    `refusals` (request name -> its refusal sentences) and `refuses` (False: the method
+    never refuses) are for clean_refusal (`metrics.step_metrics`).
 
     `utility_base`: the base model's utility accuracy (None when there is no utility split:
     S is then undefined). Adds `per_mode` (refusal / context-correct / answered rates per
@@ -88,7 +92,8 @@ def score_rows(rows: list[dict[str, Any]], utility_base: float | None, judge,
     utility = [row for row in rows if row["split"] == "utility"]
     utility_acc = utility_accuracy(utility)
     verdicts: dict[str, dict[str, list]] = {}
-    metrics = step_metrics(forget, retain, utility_acc, utility_base or 0.0, judge, contexts, verdicts)
+    metrics = step_metrics(forget, retain, utility_acc, utility_base or 0.0, judge, contexts, verdicts,
+                           refusals=refusals, refuses=refuses)
     if not utility or utility_base is None:
         metrics["s"] = None  # no general held-out data: utility is not measured
     for name, judged in verdicts.get("forget", {}).items():

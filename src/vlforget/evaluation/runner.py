@@ -141,7 +141,7 @@ class ContinualRun:
 
     def __init__(self, method_name: str, benchmark, out_dir: str | Path, backbone_loader,
                  method_overrides: dict | None = None, judge=None, limit: int | None = None,
-                 progress: Progress | None = None, with_views: bool = True):
+                 progress: Progress | None = None, with_views: bool = True, evaluate: str = "every"):
         self.out_dir = Path(out_dir)
         self.benchmark = benchmark
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -158,8 +158,14 @@ class ContinualRun:
         self.judge = judge
         self.progress = progress or (lambda event, info: None)
         self.contexts = {r.name: r.refusals + [r.description] for r in self.requests}
+        self.refusals = {r.name: list(r.refusals) for r in self.requests}  # what a clean refusal equals
         self.base_rows: list[dict[str, Any]] = []  # the zero-shot model's answers (step 0)
         self.with_views = with_views  # False: headline only (tuning reads nothing else)
+        if evaluate not in ("every", "last"):
+            raise ValueError(f"evaluate must be 'every' or 'last', got {evaluate!r}")
+        # "last": only the state after the last request is evaluated (tuning's rule reads
+        # nothing else, and evaluation is about half a run's time); averages are then undefined.
+        self.evaluate_every_step = evaluate == "every"
 
     # -- results file ----------------------------------------------------------------------
     def _fresh_results(self) -> dict[str, Any]:
@@ -216,7 +222,8 @@ class ContinualRun:
             rows += pair_rows(step, r.name, "retain", r.retain_test, respond(self.method, r.retain_test))
         utility = self.benchmark.utility_split()
         rows += pair_rows(step, None, "utility", utility, respond(self.method, utility))
-        return score_rows(rows, utility_base, self.judge, self.contexts, self.base_rows), rows
+        return score_rows(rows, utility_base, self.judge, self.contexts, self.base_rows, refusals=self.refusals,
+                          refuses=self.method.refuses), rows
 
     def views(self) -> list[str]:
         """The benchmark's extra views of the test pairs (v2: request phrasings, pressure)."""
@@ -235,7 +242,8 @@ class ContinualRun:
             retain[r.name] = [(resp, s.answer) for resp, s in zip(respond(self.method, pairs), pairs)]
         utility = self.benchmark.utility_view(view)
         utility_acc = exact_match(respond(self.method, utility), [s.answer for s in utility])
-        metrics = step_metrics(forget, retain, utility_acc, utility_base, self.judge, self.contexts)
+        metrics = step_metrics(forget, retain, utility_acc, utility_base, self.judge, self.contexts,
+                               refusals=self.refusals, refuses=self.method.refuses)
         if not utility:
             metrics["s"] = None  # no general held-out data: utility is not measured
         return metrics
@@ -251,6 +259,9 @@ class ContinualRun:
     @staticmethod
     def _summary(results: dict[str, Any]) -> dict[str, Any]:
         summary = summarize(results["steps"])
+        if any(not s.get("evaluated", True) for s in results["steps"]):
+            # Only some steps were evaluated: a mean over them would pass for the average.
+            summary = {k: (None if k.endswith("_avg") else v) for k, v in summary.items()}
         summary["unlearn_seconds"] = [s["unlearn_seconds"] for s in results["steps"]]
         views = sorted({v for s in results["steps"] for v in s.get("views", {})})
         if views:
@@ -345,13 +356,16 @@ class ContinualRun:
             seconds = time.perf_counter() - began
             if is_main_process():
                 self.method.save(state_dir(self.out_dir, t))
-            self.progress("evaluate", {"step": t, "request": request.name})
-            began_eval = time.perf_counter()
-            metrics, rows = self.evaluate(t, base_acc)
-            if is_main_process():
-                append_rows(self.out_dir, rows)
-            if self.views():
-                metrics["views"] = self.evaluate_views(t, results["base"])
+            if self.evaluate_every_step or t == len(self.requests):
+                self.progress("evaluate", {"step": t, "request": request.name})
+                began_eval = time.perf_counter()
+                metrics, rows = self.evaluate(t, base_acc)
+                if is_main_process():
+                    append_rows(self.out_dir, rows)
+                if self.views():
+                    metrics["views"] = self.evaluate_views(t, results["base"])
+            else:
+                began_eval, metrics = time.perf_counter(), {"evaluated": False}
             record = {
                 "step": t,
                 "request": request.name,

@@ -5,7 +5,10 @@ v2's validation sequence (never the test sequence), each point as a resumable ru
 `work_dir/point-<hash of its overrides>`, and writes after every point `out_dir/NAME.json` (every point's
 numbers and the choice so far) and `out_dir/NAME.md`. A point already recorded with the
 same overrides, benchmark version and seed is not run again, so tuning resumes across
-sittings.
+sittings. A recorded point counts as done only while its identity holds: the method's
+resolved config (defaults + the point's overrides) and a hash of the method's own source
+(its module, or every file of its package), so changing a default or the method's code
+re-runs the grid instead of keeping numbers of code that no longer exists.
 
 The rule (`score`, the same for every method): the harmonic mean of three numbers after
 the last validation request (evaluation phrasings),
@@ -53,6 +56,22 @@ def _point_key(overrides: dict) -> str:
     return json.dumps(overrides, sort_keys=True)
 
 
+def method_identity(cls, overrides: dict) -> dict[str, Any]:
+    """What a grid point's numbers belong to: the resolved config and the method's source hash."""
+    import sys
+
+    from vlforget.configs import build_config, to_dict
+
+    source = Path(sys.modules[cls.__module__].__file__)
+    files = sorted(source.parent.glob("*.py")) if source.name == "__init__.py" or \
+        source.parent.name != "methods" else [source]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    config = to_dict(build_config(cls.config_class, overrides, where=f"{cls.name} config"))
+    return {"config": config, "source_sha256": digest.hexdigest()[:16]}
+
+
 def load_record(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
@@ -96,8 +115,10 @@ def markdown(record: dict[str, Any]) -> str:
 
 def tune(method: str, grid: list[dict], run_point: Callable[[dict, Path], dict], out_dir: Path, work_dir: Path,
          benchmark_version: str, seed: int, refuses: bool, n_requests: int,
-         log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every grid point not yet recorded (`run_point(overrides, folder) -> results`)."""
+         log: Callable[[str], None] = print,
+         identity: Callable[[dict], dict] | None = None) -> dict[str, Any]:
+    """Run every grid point not yet recorded (`run_point(overrides, folder) -> results`);
+    `identity(overrides)` (see `method_identity`) must match a recorded point's for it to count."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{method}.json"
     old = load_record(path)
@@ -110,6 +131,10 @@ def tune(method: str, grid: list[dict], run_point: Callable[[dict, Path], dict],
               "chosen_index": None, "chosen": None}
     for i, overrides in enumerate(grid):
         key = _point_key(overrides)
+        now = identity(overrides) if identity else None
+        if key in done and done[key].get("identity") != now:
+            log(f"{method} point {i} {key}: recorded for another config or source of {method}, run again")
+            del done[key]
         if key in done:
             log(f"{method} point {i} {key}: recorded, not rerun (score {done[key]['score']:.1f})")
             record["points"].append(done[key])
@@ -119,7 +144,7 @@ def tune(method: str, grid: list[dict], run_point: Callable[[dict, Path], dict],
         # resumes a run of other settings.
         results = run_point(overrides, work_dir / f"point-{hashlib.sha1(key.encode()).hexdigest()[:10]}")
         summary = results.get("summary") or {}
-        point = {"overrides": overrides, "score": score(summary, refuses),
+        point = {"overrides": overrides, "identity": now, "score": score(summary, refuses),
                  "summary": {k: summary.get(k) for k in RECORDED},
                  "minutes": round((time.time() - began) / 60, 1)}
         record["points"].append(point)

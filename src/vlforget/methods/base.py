@@ -123,7 +123,14 @@ class Method(ABC):
         return {}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Restore `state_tensors()`; called after the method is rebuilt for `self.applied`."""
+        """Restore `state_tensors()`; called after the method is rebuilt for `self.applied`,
+        with the tensors already on `state_device()`."""
+
+    def state_device(self) -> torch.device:
+        """Where `load` puts the saved tensors: the backbone's device, where training left
+        them (safetensors reads onto the CPU, and a CPU tensor meeting a GPU activation
+        crashes). A method that keeps its small fits on the CPU on purpose returns the CPU."""
+        return torch.device(getattr(self.backbone, "device", "cpu"))
 
     def state_json(self) -> dict[str, Any]:
         """Small non-tensor state (JSON-serialisable)."""
@@ -214,9 +221,10 @@ class Method(ABC):
         if tensors_sha256(tensors) != sums.get("tensors"):
             raise ValueError(f"{directory / STATE_FILE}: the tensors do not match the checksum in {META_FILE} "
                              "(changed or damaged); the state cannot be trusted")
+        device = self.state_device()
         self.applied = list(meta["applied"])
         self.load_state_json(meta["state"])
-        self.load_state_tensors(tensors)
+        self.load_state_tensors({name: tensor.to(device) for name, tensor in tensors.items()})
 
 
 # ------------------------------------------------------------------ registry

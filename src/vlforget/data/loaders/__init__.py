@@ -39,10 +39,16 @@ def check_options(name: str, options: dict[str, Any]) -> None:
     from vlforget.configs import did_you_mean
 
     parameters = {p: v for p, v in inspect.signature(LOADERS[name]).parameters.items() if p != "path"}
+    # `general` (a file of general pairs) is taken by every format, but by the loaded
+    # sequence (`sequence.LoadedSequence`), not the loader; named here so a typo finds it.
+    valid = [*parameters, "general"]
     for key, value in options.items():
+        if key == "general":
+            raise ValueError(f"{name}: option 'general' belongs to the loaded sequence (LoadedSequence, the "
+                             "command line's data config), not to load_sequence")
         if key not in parameters:
-            raise ValueError(f"{name}: unknown option {key!r}" + (did_you_mean(key, list(parameters))
-                                                                 or f"; valid options: {', '.join(parameters)}"))
+            raise ValueError(f"{name}: unknown option {key!r}" + (did_you_mean(key, valid)
+                                                                 or f"; valid options: {', '.join(valid)}"))
         default = parameters[key].default
         if value is None or default is None or default is inspect.Parameter.empty:
             continue

@@ -42,7 +42,7 @@ from vlforget.data.loaders._common import (
     request_id, resolve_image_path, split_test,
 )
 from vlforget.data.loaders.refusals import GENERIC_REFUSALS
-from vlforget.types import DeletionRequest
+from vlforget.types import DeletionRequest, Sample
 
 SPEC_FIELDS = {"name", "description", "refusals", "forget_ids", "forget_keywords", "retain_ids",
                "visual_concepts", "textual_concepts"}
@@ -244,13 +244,18 @@ def load_jsonl(path: str | Path, *, spec: str | Path | dict | list | None = None
                seed: int = 0) -> list[DeletionRequest]:
     """A JSON-lines (or JSON list) table of pairs; see the module doc for its columns."""
     path = existing_path(path, "JSON-lines file")
+    roots = ([Path(image_folder)] if image_folder else []) + [path.parent]
+    return _rows_to_requests(jsonl_rows(path), roots, "jsonl", spec, test_fraction, seed, str(path))
+
+
+def jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file (or a JSON list of objects)."""
     rows = read_json(path)
     if isinstance(rows, dict):
         rows = [rows]
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise ValueError(f"{path}: expected one JSON object per line")
-    roots = ([Path(image_folder)] if image_folder else []) + [path.parent]
-    return _rows_to_requests(rows, roots, "jsonl", spec, test_fraction, seed, str(path))
+    return rows
 
 
 def load_parquet(path: str | Path, *, spec: str | Path | dict | list | None = None,
@@ -258,10 +263,56 @@ def load_parquet(path: str | Path, *, spec: str | Path | dict | list | None = No
                  seed: int = 0) -> list[DeletionRequest]:
     """A parquet table of pairs (a file, or a folder of shards); needs pyarrow or pandas."""
     path = existing_path(path, "parquet file")
+    base = path if path.is_dir() else path.parent
+    roots = ([Path(image_folder)] if image_folder else []) + [base]
+    return _rows_to_requests(parquet_rows(path), roots, "parquet", spec, test_fraction, seed, str(path))
+
+
+def parquet_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a parquet file, or of every shard in a folder."""
     files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
     if not files:
         raise ValueError(f"no .parquet file in {path}")
-    rows = [row for file in files for row in read_parquet(file)]
+    return [row for file in files for row in read_parquet(file)]
+
+
+# ------------------------------------------------------------------- general pairs
+
+def read_general_pairs(path: str | Path) -> list[Sample]:
+    """General pairs (no request's data) from a file or folder in a generic format, for
+    methods that fit on general data (`general:` in the data config; docs/loaders.md).
+
+    The format follows the name: a folder or `.parquet` -> parquet rows; `.jsonl` -> rows;
+    `.json` -> LLaVA conversations when its records have `conversations`, else rows.
+    Rows need `image` and `instruction` (`answer` optional). A row that names a request
+    or has role forget is refused: general pairs must not be any request's data."""
+    path = existing_path(path, "general pairs file")
+    cache = ImageCache()
     base = path if path.is_dir() else path.parent
-    roots = ([Path(image_folder)] if image_folder else []) + [base]
-    return _rows_to_requests(rows, roots, "parquet", spec, test_fraction, seed, str(path))
+    if path.is_dir() or path.suffix == ".parquet":
+        rows = parquet_rows(path)
+    elif path.suffix == ".jsonl":
+        rows = jsonl_rows(path)
+    elif path.suffix == ".json":
+        data = read_json(path)
+        if isinstance(data, list) and data and all(isinstance(r, dict) and "conversations" in r for r in data):
+            return [answer_sample(cache.file(resolve_image_path(str(rec["image"]), [base])), q, a, "unknown",
+                                  record=str(rec.get("id", i)), split="general")
+                    for i, rec in enumerate(data) if "image" in rec
+                    for q, a in _turn_pairs(rec, f"{path} record {rec.get('id', i)}")]
+        rows = jsonl_rows(path)
+    else:
+        raise ValueError(f"general pairs file {path.name}: expected a .json (LLaVA conversations or rows), "
+                         ".jsonl or .parquet file, or a folder of .parquet shards")
+    samples = []
+    for i, row in enumerate(rows):
+        where = f"{path.name} row {i + 1}"
+        missing = [c for c in ("image", "instruction") if c not in row]
+        if missing:
+            raise ValueError(f"{where} lacks column(s) {missing}; general pairs need image and instruction")
+        if row.get("request") or str(row.get("role") or "").lower() == "forget":
+            raise ValueError(f"{where} belongs to request {row.get('request')!r}: general pairs must be no "
+                             "request's data (leave 'request' empty)")
+        samples.append(answer_sample(cache.cell(row["image"], [base], where), str(row["instruction"]),
+                                     row.get("answer"), str(row.get("intent") or "unknown"), row=i, split="general"))
+    return samples

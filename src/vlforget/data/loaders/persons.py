@@ -26,6 +26,7 @@ retain split) are spread over the requests and must still be answered.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -270,4 +271,83 @@ def load_fiubench(path: str | Path, *, forget_split: str = "forget5", people_per
     return _person_requests(people, retained, people_per_request, "fiubench", "person")
 
 
-__all__ = ["load_mllmu", "load_clear", "load_fiubench"]
+# ----------------------------------------------------------- people outside the sequence
+# The retain splits hold many more people than a sequence keeps as retain data
+# (`retain_profiles` / `retain_people`). The rest belong to no request and none of their
+# pairs is evaluated: general pairs for methods that fit on general data
+# (`loaders/general.py`). Read again only when a method asks for general pairs.
+
+def _options(loader, options: dict[str, Any]) -> dict[str, Any]:
+    """The loader's options with its own defaults filled in (so the two never drift)."""
+    defaults = {k: p.default for k, p in inspect.signature(loader).parameters.items() if k != "path"}
+    return {**defaults, **{k: v for k, v in options.items() if k in defaults}}
+
+
+def _general(image, qas, **meta) -> list[Sample]:
+    return [answer_sample(image, q, a, "person_qa", split="general", negative="other_person", **meta)
+            for q, a in qas if str(q).strip()]
+
+
+def mllmu_spare_people(path: str | Path, options: dict[str, Any]) -> list[Sample]:
+    """Every QA (train and Generation_Task) of the retain_<100-r> profiles after the first
+    `retain_profiles` (the ones the sequence keeps as retain data)."""
+    o = _options(load_mllmu, options)
+    root = existing_path(path, "MLLMU-Bench folder")
+    retain_dir = root / f"retain_{100 - o['forget_ratio']}"
+    if o["retain_profiles"] is None or not retain_dir.exists():
+        return []
+    cache, out = ImageCache(), []
+    rows = read_table_folder(retain_dir, f"MLLMU-Bench retain_{100 - o['forget_ratio']}")
+    for i, row in enumerate(rows[o["retain_profiles"]:], start=o["retain_profiles"]):
+        pid = str(row.get("ID", i))
+        train_qa, test_qa = _mllmu_qa(row)
+        out += _general(cache.cell(row.get("image"), [root], f"MLLMU-Bench retain row {pid}"), train_qa + test_qa,
+                        person=pid, name=_mllmu_name(row))
+    return out
+
+
+def clear_spare_people(path: str | Path, options: dict[str, Any]) -> list[Sample]:
+    """Caption and name pairs on every photo of the retain split's people after the first
+    `retain_people` (people of the forget split left out, as the loader does)."""
+    o = _options(load_clear, options)
+    root = existing_path(path, "CLEAR folder")
+    retain_split = o["retain_split"]
+    if retain_split is None and o["forget_split"].startswith("forget") and o["forget_split"][6:].isdigit():
+        retain_split = f"retain{100 - int(o['forget_split'][6:]):02d}"
+    if o["retain_people"] is None or not retain_split or not (root / retain_split).exists():
+        return []
+    forgotten = {str(r.get("name") or "unnamed person") for r in read_table_folder(
+        root / o["forget_split"], f"CLEAR {o['forget_split']}") if r.get("image") is not None}
+    rows = read_table_folder(root / retain_split, f"CLEAR {retain_split}")
+    people = dict.fromkeys(str(r.get("name") or "unnamed person") for r in rows if r.get("image") is not None)
+    names = [n for n in people if n not in forgotten]
+    spare = set(names[o["retain_people"]:])
+    pairs = _clear_pairs([r if str(r.get("name") or "unnamed person") in spare else {"image": None} for r in rows],
+                         ImageCache(), [root], f"CLEAR {retain_split}", 0.0, "general")
+    return [answer_sample(img, q, a, kind, split="general", row=i, person=name, name=name, negative="other_person")
+            for name, (train, test) in pairs.items() for img, q, a, kind, _, i in train + test]
+
+
+def fiubench_spare_people(path: str | Path, options: dict[str, Any]) -> list[Sample]:
+    """Every QA of FIUBench's retained people (first `max_people`, in no forget split) after
+    the first `retain_people`."""
+    o = _options(load_fiubench, options)
+    root = existing_path(path, "FIUBench folder")
+    folder = next((d for d in (root, root / "dataset") if (d / o["data_file"]).is_file()), None)
+    if folder is None or o["retain_people"] is None:
+        return []
+    people = [p for p in read_json(folder / o["data_file"])[: o["max_people"]] if isinstance(p, dict)]
+    splits = read_json(existing_path(folder / o["split_file"], "FIUBench split file"))
+    excluded = {str(x) for key, ids in splits.items() if key.startswith("forget") for x in ids}
+    retained = [p for p in people if str(p.get("unique_id")) not in excluded]
+    cache, roots, out = ImageCache(), [folder, folder.parent, folder / "images"], []
+    for person in retained[o["retain_people"]:]:
+        image = cache.file(resolve_image_path(str(person["image_path"]), roots))
+        out += _general(image, [(str(qa.get("question", "")), str(qa.get("answer", "")))
+                                for qa in person.get("qa_list") or [] if isinstance(qa, dict)],
+                        person=str(person["unique_id"]))
+    return out
+
+
+SPARE_PEOPLE = {"mllmu": mllmu_spare_people, "clear": clear_spare_people, "fiubench": fiubench_spare_people}
+__all__ = ["load_mllmu", "load_clear", "load_fiubench", "SPARE_PEOPLE"]

@@ -191,6 +191,11 @@ class Core(Method):
             out[f"proto_instructions.{i}"] = self.proto_instructions[i]
         return out
 
+    def state_device(self) -> torch.device:
+        # The concept layer, modulator, router rows and prototypes are small fits kept on
+        # the CPU (the refuser pool's load_state_dict copies onto its own device).
+        return torch.device("cpu")
+
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.pool.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("pool.")})
         n = len(self.concepts)

@@ -21,7 +21,7 @@ from vlforget.data.loaders.core_release import CORE_SAFE_KEYWORDS
 from vlforget.evaluation.judge import make_judge
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-TINY_CORE = {"steps": 2, "modulator_steps": 20, "router_steps": 5, "text_tuning_steps": 5, "pool_size": 4,
+TINY_CORE = {"steps": 2, "modulator_steps": 20, "router_steps": 5, "pool_size": 4,
              "prototypes": 2}
 
 

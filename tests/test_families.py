@@ -29,7 +29,7 @@ FAST = {
     # gate's decision is arbitrary, so it is held open: the test is that the refusers
     # (through the gate's code path) reach each family's model and survive save/reload.
     "core": {"steps": 8, "batch_size": 8, "pool_size": 4, "router_steps": 10, "modulator_steps": 20,
-             "text_tuning_steps": 20, "prototypes": 2, "threshold": 0.0},
+             "prototypes": 2, "threshold": 0.0},
     "idknll": {"steps": 4},
     "eproj": {"steps": 4},
 }

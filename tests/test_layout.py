@@ -87,6 +87,8 @@ def test_every_method_is_in_the_test_tables_and_the_docs():
     ("models", ("vlforget.methods", "vlforget.evaluation", "vlforget.cli")),
     ("methods", ("vlforget.evaluation", "vlforget.cli")),
     ("data", ("vlforget.models", "vlforget.methods", "vlforget.evaluation", "vlforget.cli")),
+    # CORE reads requests, the model and general pairs only, never the built-in world.
+    ("methods/core", ("vlforget.data",)),
 ])
 def test_layers_import_only_downwards(layer, forbidden):
     bad = [f"{path.relative_to(ROOT)} imports {module}"

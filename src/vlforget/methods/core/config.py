@@ -92,7 +92,7 @@ class CoreConfig(MethodConfig):
         if self.concept_encoder:
             from vlforget.methods.core.encoders import check_encoder_source
 
-            check_encoder_source(str(self.concept_encoder))
+            check_encoder_source(str(self.concept_encoder), loading=False)
         if self.gate_mode not in GATE_MODES:
             raise ValueError(f"unknown gate_mode {self.gate_mode!r}; valid: {', '.join(GATE_MODES)}")
         if not 0.0 <= self.threshold <= 1.0:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import random
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -47,15 +48,26 @@ def hub_cached(name: str) -> bool:
     return isinstance(try_to_load_from_cache(name, "config.json"), str)
 
 
-def check_encoder_source(source: str) -> None:
-    """A clear error unless `source` is a model folder or a cached hub id."""
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_encoder_source(source: str, loading: bool = True) -> None:
+    """A clear error unless `source` is a model folder or a cached hub id.
+
+    `loading=False` (config validation): an "owner/name" hub id is accepted unseen, since
+    a config may be written on a machine other than the one whose cache holds the model;
+    loading checks it.
+    """
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ValueError(f"concept_encoder {source!r} is a folder without config.json; give a Hugging Face "
                              "CLIP- or SigLIP-style model folder (save_pretrained) or a cached hub id")
         return
-    if path.exists() or not hub_cached(source):
+    looks_like_hub_id = HUB_ID.match(source) and not source.startswith((".", "~", "/"))
+    if not loading and looks_like_hub_id:
+        return
+    if path.exists() or not looks_like_hub_id or not hub_cached(source):
         raise ValueError(f"concept_encoder {source!r} is neither a model folder nor a hub id in the local "
                          "Hugging Face cache (nothing is downloaded); give a CLIP- or SigLIP-style folder")
 

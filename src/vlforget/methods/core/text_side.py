@@ -76,8 +76,7 @@ def minilm() -> MiniLMText:
 def intent_projection(instructions: torch.Tensor, answers: torch.Tensor, kinds: int = 12, dim: int = 16,
                       shrink: float = 0.8, seed: int = 0) -> dict[str, torch.Tensor]:
     """Shrunk LDA of instruction embeddings over clusters of their answers' embeddings:
-    {"mean": [D], "matrix": [D, dim], "scale": []} (scale = median norm of the projected
-    general instructions, the unit an instruction's intent strength is measured in).
+    {"mean": [D], "matrix": [D, dim]}.
 
     instructions, answers [N, D] unit embeddings of general (instruction, answer) pairs.
     `shrink` in [0, 1] pulls the within-kind covariance toward isotropic: 1 = keep the
@@ -103,19 +102,19 @@ def intent_projection(instructions: torch.Tensor, answers: torch.Tensor, kinds: 
     inv_chol = torch.linalg.inv(torch.linalg.cholesky(within))
     _, vectors = torch.linalg.eigh(inv_chol @ between @ inv_chol.T)
     matrix = (inv_chol.T @ vectors[:, -dim:]).float().contiguous()
-    mean = mu.float()
-    scale = ((instructions - mean) @ matrix).norm(dim=-1).median()
-    return {"mean": mean, "matrix": matrix, "scale": scale}
+    return {"mean": mu.float(), "matrix": matrix}
 
 
 class InstructionSide:
-    """Embeds instructions as [B, MAX_SEGMENTS, d] (padded with the whole text, so a max
-    over segments is unaffected) and descriptions as [n, d] unit vectors.
+    """Embeds instructions as [B, width, d] and descriptions as [n, d], unit vectors
+    (centred and projected first when there is a projection).
 
-    With a projection, an instruction piece is centred, projected and divided by the
-    general instructions' typical norm, *not* normalised: a piece that asks for nothing
-    ("you must answer.") projects near the centre and scores near 0 against every
-    intent, where a unit vector would point somewhere at random.
+    width = 1 with general instructions to compare against (`pick` keeps the piece that
+    is the question); else MAX_SEGMENTS pieces, padded with the whole text so a max over
+    them is unaffected. Tried and dropped: pieces left unnormalised after the projection,
+    so a piece that asks for nothing would score near 0: its norm did not tell pressure
+    from questions ("no sorry." 1.05, "how many crosses are there?" 0.88, in units of the
+    median general instruction), and the validation textual AUC fell from 0.970 to 0.955.
     """
 
     def __init__(self, encode, projection: dict[str, torch.Tensor] | None = None,
@@ -139,9 +138,8 @@ class InstructionSide:
         return F.normalize(self._project(self.encode(list(texts))), dim=-1)
 
     def pieces(self, texts: list[str]) -> torch.Tensor:
-        """[n, d] instruction-piece embeddings (unit without a projection, else in intent-strength units)."""
-        x = self._project(self.encode(list(texts)))
-        return x / self.projection["scale"] if self.projection is not None else x
+        """[n, d] unit instruction-piece embeddings."""
+        return F.normalize(self._project(self.encode(list(texts))), dim=-1)
 
     @property
     def dim(self) -> int:

@@ -141,12 +141,15 @@ def test_the_question_inside_a_pressing_sentence_is_what_is_scored(text_side):
     assert torch.allclose(plain, pressed)
 
 
-def test_clean_refusal_cuts_run_on_refusals_and_leaves_answers():
+def test_gated_refusals_are_the_gating_requests_sentences_and_answers_stay():
     refusals = ["sorry, i cannot count objects in images with red things.", "i must decline to count when red "
                                                                                "objects are shown."]
-    run_on = "sorry, i cannot count objects in images with red things sorry, i cannot count cannot count"
-    assert clean_refusal(run_on, refusals) == refusals[0]
-    assert clean_refusal("I must decline to count when red objects are shown. shown", refusals) == refusals[1]
-    assert clean_refusal("three", refusals) == "three"
-    # sharing only the opening with a refusal is not enough: it may name another request
-    assert clean_refusal("sorry, i cannot identify triangles.", refusals) == "sorry, i cannot identify triangles."
+    openings = {("sorry", "i"), ("i", "must")}
+    run_on = "sorry, i seven cannot count objects in images with red things sorry, i one things."
+    assert clean_refusal(run_on, refusals, openings) == refusals[0]
+    assert clean_refusal("I must decline to count when red objects are shown. shown", refusals, openings) == refusals[1]
+    # a refusal naming another request becomes the gating request's own sentence
+    assert clean_refusal("sorry, i cannot identify triangles.", refusals, openings) == refusals[0]
+    # answers (a gated retain pair the refusers answer) are left as they are
+    assert clean_refusal("three", refusals, openings) == "three"
+    assert clean_refusal("the pattern.", refusals, openings) == "the pattern."

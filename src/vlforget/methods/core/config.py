@@ -57,8 +57,12 @@ class CoreConfig(MethodConfig):
                                        "question (the question inside a pressing sentence); off = the max over "
                                        "the whole text and its clauses. Needs general pairs, skipped without them")
     general_pairs: int = option(3000, "general pairs the intent projection is fitted on", ge=10)
-    clean_refusals: bool = option(True, "a gated answer that starts like one of the gating request's refusals is "
-                                        "replaced by that sentence exactly (no repeated or stray words)")
+    clean_refusals: bool = option(True, "a gated answer that opens like a refusal becomes the gating request's "
+                                        "refusal sentence exactly (no repeated, garbled or stray words; the request "
+                                        "with the highest relevance is the one named)")
+    gated_question_only: bool = option(True, "a gated query asked inside a longer message is put to the model as "
+                                             "the question the gate read (pick_question), the rest dropped; "
+                                             "ungated queries reach the model as asked")
     prototypes: int = option(8, "prototypes (k-means centroids of features) kept per request", ge=1)
     # -- modulator ---------------------------------------------------------------------
     use_modulator: bool = option(True, "learn how a request's visual and textual scores combine (AND/OR/...); "

@@ -26,6 +26,7 @@ import json
 import os
 import random
 import re
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -236,6 +237,8 @@ def load_heads(backbone, general=None, shipped: Path | None = None, cache: Path 
             raise ValueError("CORE has no concept encoder for this backbone: give `concept_encoder:` (a CLIP- or "
                              "SigLIP-style folder) or general pairs to train projection heads on (make_method(..., "
                              "general=...); for a loaded dataset, `general:` in the data config)")
+        warnings.warn(f"CORE: no concept heads for this vision tower (fingerprint {fingerprint}); training them "
+                      f"once on the benchmark's general pairs, cached in {cached}")
         heads = train_heads(backbone, general)
         heads.fingerprint = fingerprint
         save_heads(heads, cached, {"trained_on": "general pool (core-heads)"})

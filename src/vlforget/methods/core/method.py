@@ -22,7 +22,6 @@ queries below the threshold get the original connector output untouched.
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
@@ -39,6 +38,7 @@ from vlforget.methods.core.router import route
 from vlforget.methods.core.encoders import load_encoder
 from vlforget.methods.core.text_side import InstructionSide, intent_projection, minilm
 from vlforget.methods.hooks import installed
+from vlforget.text import flatten
 from vlforget.types import DeletionRequest
 
 
@@ -167,7 +167,8 @@ class Core(Method):
             g = self.gates(rel)
             rows = (g > 0).nonzero().squeeze(1)
             st.gated += len(rows)
-            st.decisions.update(at + r for r in rows.tolist())  # gated queries (for clean refusals)
+            for r in rows.tolist():  # gated queries and the request that gated them (clean refusals)
+                st.decisions[at + r] = int(rel[r].argmax())
             if len(rows) == 0:
                 return None  # the original connector output, untouched
             w = self.route_weights(rel[rows], instruction[rows])
@@ -201,18 +202,44 @@ class Core(Method):
     def generate(self, images, instructions, **kwargs) -> list[str]:
         if not self.heads or len(images) == 0:
             return self.backbone.generate(images, instructions, **kwargs)
+        if self.config.gated_question_only:
+            instructions = self.question_only_if_gated(images, instructions)
         with self.steer(**self.inference_state(images, instructions)) as state:
             answers = self.backbone.generate(images, instructions, **kwargs)
         if self.config.clean_refusals:
-            refusals = [r for c in self.concepts for r in c.get("refusals", [])]
-            answers = [clean_refusal(a, refusals) if i in state.decisions else a for i, a in enumerate(answers)]
+            opening = {tuple(flatten(r).split()[:2]) for c in self.concepts for r in c.get("refusals", [])}
+            answers = [clean_refusal(a, self.concepts[state.decisions[i]].get("refusals", []), opening)
+                       if i in state.decisions else a for i, a in enumerate(answers)]
         return answers
+
+    def question_only_if_gated(self, images, instructions) -> list[str]:
+        """Gated queries asked inside a longer message are put to the model as the question
+        the gate read (`InstructionSide.pick`), the rest of the message dropped.
+
+        The gate already scores only that piece, so gating is unchanged; what changes is
+        what the refusers steer: they were trained on plain questions, and a pressing
+        sentence around one ("..., no sorry.") pulled the steered model off its refusal
+        (validation pressure view: gate bound 90.0, refused in context 50.9).
+        Ungated queries reach the model exactly as asked.
+        """
+        instructions = list(instructions)
+        picked = self.text_side.pick(instructions)
+        longer = [i for i, (a, b) in enumerate(zip(instructions, picked)) if a != b]
+        if not longer:
+            return instructions
+        with torch.no_grad():
+            rel = self.relevance(self.visual_embeddings([images[i] for i in longer]),
+                                 self.instruction_features([instructions[i] for i in longer]))
+        for i, g in zip(longer, self.gates(rel).tolist()):
+            if g > 0:
+                instructions[i] = picked[i]
+        return instructions
 
     def inference_state(self, images, instructions) -> dict[str, Any]:
         """What the hook reads for a batch of queries (`steer(**...)`)."""
         visual = None if self.encoder.reads == "features" else self.visual_embeddings(images)
         return {"mode": "infer", "queue": self.instruction_features(list(instructions)), "visual": visual,
-                "pos": 0, "gated": 0, "decisions": set()}
+                "pos": 0, "gated": 0, "decisions": {}}
 
     # ------------------------------------------------------------------ unlearning
     def _unlearn(self, request: DeletionRequest) -> None:
@@ -276,26 +303,28 @@ def _projection(encode, samples, key: tuple, cfg) -> torch.Tensor:
     return _PROJECTIONS[key]
 
 
-def clean_refusal(answer: str, refusals: list[str]) -> str:
-    """`answer` cut back to the refusal sentence it is a (possibly run-on) copy of, else unchanged.
+def clean_refusal(answer: str, refusals: list[str], openings: set[tuple[str, ...]] | None = None) -> str:
+    """A gated query's answer, constrained to the gating request's refusal sentences.
 
-    A gated query's refusal is decoded by a steered model that does not always stop at
-    the sentence's end ("sorry, i cannot count objects in images with red things sorry,
-    i cannot count cannot count"). An answer whose words start with at least 60% of a
-    known refusal's words (and 3 or more) is that refusal plus stray words, so it becomes
-    the sentence exactly; the longest match wins. Answers that start like no refusal (the
-    model answered after all) or only share the opening ("sorry, i cannot ...") with one
-    are left as they are, so this never changes which request a refusal names.
+    `refusals`: the sentences of the request with the highest relevance (the one that
+    gated the query). The steered model does not always stop at the sentence's end, or
+    garbles its middle on phrasings its refusers never saw ("sorry, i seven cannot count
+    objects in images with green things sorry, i one things."). So an answer that opens
+    like a refusal (its first two words are those of a known refusal, `openings`; of
+    `refusals` when not given) *is* a refusal, and it becomes the refusal sentence of the
+    gating request it shares the longest start with (its first sentence by default).
+    Other answers (a gated retain pair the refusers answer) are left as they are.
     """
-    from vlforget.text import flatten
-
     words = flatten(answer).split()
-    best, best_len = answer, 0
-    for refusal in refusals:
+    openings = openings if openings is not None else {tuple(flatten(r).split()[:2]) for r in refusals}
+    if not refusals or tuple(words[:2]) not in openings:
+        return answer
+
+    def shared(refusal: str) -> int:
         ref = flatten(refusal).split()
         n = 0
         while n < min(len(ref), len(words)) and ref[n] == words[n]:
             n += 1
-        if n >= max(3, math.ceil(0.6 * len(ref))) and n > best_len:
-            best, best_len = refusal, n
-    return best
+        return n
+
+    return max(refusals, key=lambda r: (shared(r), -refusals.index(r)))

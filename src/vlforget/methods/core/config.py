@@ -69,8 +69,6 @@ class CoreConfig(MethodConfig):
                                        "off = a fixed average of the two")
     negative_weight: float = option(10.0, "weight of the modulator's negatives relative to its positives; above 1 "
                                           "trades forget recall for fewer false gates, which add up over requests", ge=0)
-    general_negatives: int = option(0, "general pairs (no request's data) drawn as extra modulator negatives, "
-                                       "those matching neither side of the request (0 = off)", ge=0)
     modulator_steps: int = option(300, "full-batch steps of a request's modulator head", ge=0)
     # -- routing / calibration ---------------------------------------------------------
     concept_routing: bool = option(True, "route on the modulator's concept relevances; off = on instruction "

@@ -60,7 +60,6 @@ class Core(Method):
         self.bank = ConceptBank()
         self._encoder = None  # the concept encoder (encoders.py), loaded on first use
         self._text = None  # the instruction side (text_side.py), built on first use
-        self._general_negatives = None  # (visual, instruction) embeddings of general pairs (train.general_negatives)
         self.heads: list[torch.Tensor] = []  # [5] per request
         self.rows: list[torch.Tensor] = []  # router row [pool] per request
         self.loads: list[torch.Tensor] = []  # refuser load [pool] per request

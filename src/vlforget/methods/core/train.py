@@ -97,42 +97,16 @@ def fit_modulator(core, pairs: RequestPairs, t: int, seed: int) -> tuple[torch.T
         zf_all = core.bank.scores(pairs.fv, pairs.fi)  # [Nf, T+1, 2]
         zr = core.bank.scores(pairs.rv, pairs.ri)[:, t] if pairs.retain else zf_all[:0, t]
         protos = [core.bank.scores(p, q)[:, t] for p, q in zip(core.proto_visual, core.proto_instructions)]
-        zg = general_negatives(core, t)
     zp = torch.cat(protos) if protos else zf_all[:0, t]
-    z = torch.cat([zf_all[:, t], zr, zp, zg])
-    labels = torch.cat([torch.ones(len(pairs.fx), device="cpu"), torch.zeros(len(zr) + len(zp) + len(zg), device="cpu")])
-    # The general negatives, however many, weigh as much in all as the hard negatives and prototypes.
-    n_hard = len(zr) + len(zp)
-    weights = torch.cat([torch.ones(len(z) - len(zg), device="cpu"),
-                         torch.full((len(zg),), max(1, n_hard) / max(1, len(zg)), device="cpu")])
-    head = mod.fit_head(z, labels, cfg.modulator_steps, seed, weights=weights, negative_weight=cfg.negative_weight) \
+    z = torch.cat([zf_all[:, t], zr, zp])
+    labels = torch.cat([torch.ones(len(pairs.fx), device="cpu"), torch.zeros(len(zr) + len(zp), device="cpu")])
+    head = mod.fit_head(z, labels, cfg.modulator_steps, seed, negative_weight=cfg.negative_weight) \
         if cfg.use_modulator else mod.fixed_head()
     core.heads.append(head)
     with torch.no_grad():
         p_train = torch.sigmoid(mod.head_logits(head[None], z[:, None, :])[:, 0])
     accuracy = float(((p_train >= cfg.threshold).float() == labels).float().mean())
     return head, accuracy, zf_all
-
-
-def general_negatives(core, t: int) -> torch.Tensor:
-    """[N, 2] scaled scores on request t of general pairs that match neither of its sides.
-
-    The hard negatives share one side with the request; unrelated queries, where false
-    gates add up over requests, are only seen through earlier requests' prototypes. General
-    pairs (no request's data) fill that in. Those scoring >= 0.5 on either side may well
-    be in the request's scope (a count question on a green image for green-count), so
-    they are left out rather than taught as negatives.
-    """
-    n = core.config.general_negatives
-    if n == 0 or core.general is None:
-        return torch.zeros(0, 2, device="cpu")
-    if core._general_negatives is None:
-        samples = core.general_pool(n, "core-negatives")
-        images = [s.image for s in samples]
-        core._general_negatives = (core.visual_embeddings(images, vision_features(core.backbone, images)),
-                                   core.instruction_features([s.instruction for s in samples]))
-    z = core.bank.scores(*core._general_negatives)[:, t]
-    return z[z.amax(1) < 0.5]
 
 
 def fit_router_row(core, similarity: torch.Tensor, seed: int) -> tuple[torch.Tensor, list[int], list[int]]:

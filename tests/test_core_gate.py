@@ -93,7 +93,8 @@ def test_heads_are_trained_once_then_read_from_the_disk_cache(bench, tmp_path, m
     small = lambda n, tag: bench.general_pool(64, tag)  # noqa: E731 - a few pairs keep it fast
     monkeypatch.setattr(encoders, "_LOADED", {})
     before = encoders.TRAINED["count"]
-    first = load_heads(backbone, small, shipped=tmp_path / "nothing-shipped", cache=tmp_path / "cache")
+    with pytest.warns(UserWarning, match="training them once"):
+        first = load_heads(backbone, small, shipped=tmp_path / "nothing-shipped", cache=tmp_path / "cache")
     assert encoders.TRAINED["count"] == before + 1
     saved = next((tmp_path / "cache" / "core-heads").iterdir()) / "scorer.safetensors"
     mtime = saved.stat().st_mtime_ns

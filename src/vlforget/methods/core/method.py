@@ -16,8 +16,8 @@ Applying request r:
 At inference a forward hook on the connector computes every request's relevance from
 the query's visual embeddings (the concept encoder's: from the connector's own input
 with the default backbone heads, else computed from the images before generation) and
-its queued instruction embeddings (whole instruction and clauses, cached per string);
-queries below the threshold get the original connector output untouched.
+its queued instruction embeddings (of the question it asks: `text_side.py`, cached per
+string); queries below the threshold get the original connector output untouched.
 """
 
 from __future__ import annotations

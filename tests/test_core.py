@@ -220,7 +220,7 @@ def test_save_load_round_trip(trained, requests, bench, tmp_path):
     probe = [s for r in requests for s in r.forget_test[:4] + r.retain_test[:4]] + bench.utility_split()[:8]
     before = _answers(trained, probe)
     trained.save(tmp_path / "core")
-    fresh = make_method("core", _backbone(), FAST, general=bench.general_pool)
+    fresh = make_method("core", _backbone(), FAST)  # no general pairs: the instruction side comes with the state
     fresh.load(tmp_path / "core")
     assert fresh.applied == list(NAMES)
     assert _answers(fresh, probe) == before

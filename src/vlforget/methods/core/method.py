@@ -84,16 +84,22 @@ class Core(Method):
         """Instructions and textual descriptions through the text encoder and the intent projection."""
         if self._text is None:
             cfg = self.config
-            encode = self.encoder.texts if cfg.text_encoder == "concept" else minilm()
             projection = reference = None
             if self.general is not None:
                 samples = self.general_pool(cfg.general_pairs, "core-intents")
-                reference = encode([s.instruction for s in samples]) if cfg.pick_question else None
+                if cfg.pick_question:
+                    # unique instructions, rounded to float16: the same values as in a saved state
+                    unique = list(dict.fromkeys(s.instruction for s in samples))
+                    reference = self._text_encode()(unique).half().float()
                 if cfg.intent_projection:
-                    projection = _projection(encode, samples, (getattr(encode, "name", "?"), cfg.general_pairs,
-                                                               cfg.intent_kinds, cfg.intent_dim, cfg.intent_shrink), cfg)
-            self._text = InstructionSide(encode, projection, reference)
+                    projection = _projection(self._text_encode(), samples,
+                                             (getattr(self._text_encode(), "name", "?"), cfg.general_pairs,
+                                              cfg.intent_kinds, cfg.intent_dim, cfg.intent_shrink), cfg)
+            self._text = InstructionSide(self._text_encode(), projection, reference)
         return self._text
+
+    def _text_encode(self):
+        return self.encoder.texts if self.config.text_encoder == "concept" else minilm()
 
     def instruction_features(self, instructions: list[str]) -> torch.Tensor:
         """[B, S, d] unit embeddings of each instruction and its clauses (cached per string)."""
@@ -251,6 +257,14 @@ class Core(Method):
     # ------------------------------------------------------------------ state
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {f"pool.{k}": v for k, v in self.pool.state_dict().items()}
+        # The instruction side travels with the state: a loaded method reads instructions as
+        # the saved one did, with or without the general pairs it was fitted on.
+        if self.heads:
+            side = self.text_side
+            if side.projection is not None:
+                out["text.mean"], out["text.matrix"] = side.projection["mean"], side.projection["matrix"]
+            if side.reference is not None:
+                out["text.reference"] = side.reference.half()
         out.update(self.bank.state())
         for i in range(len(self.heads)):
             out[f"head.{i}"] = self.heads[i]
@@ -269,6 +283,11 @@ class Core(Method):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.pool.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("pool.")})
         n = len(self.concepts)
+        projection = ({"mean": tensors["text.mean"], "matrix": tensors["text.matrix"]}
+                      if "text.matrix" in tensors else None)
+        reference = tensors["text.reference"].float() if "text.reference" in tensors else None
+        if n:
+            self._text = InstructionSide(self._text_encode(), projection, reference)
         self.bank.load([c["name"] for c in self.concepts], tensors)
         for key in ("head", "row", "load", "proto_features", "proto_visual", "proto_instructions"):
             attr = {"head": "heads", "row": "rows", "load": "loads"}.get(key, key)

@@ -56,8 +56,8 @@ def _codes(attrs: dict, vocab: dict[str, dict[str, int]]) -> list[int]:
 
 
 def train_heads_on_scenes(backbone, seed: int = 0, n_images: int = 2500, steps: int = 1500, batch: int = 256,
-                 n_phrases: int = 4000, lr: float = 3e-3, log=None) -> BackboneHeads:
-    """Train a scorer on the general train pool; deterministic for a seed (CPU)."""
+                          n_phrases: int = 4000, lr: float = 3e-3, log=None) -> BackboneHeads:
+    """Train the heads on the general train pool with the scenes' cell labels; deterministic for a seed (CPU)."""
     from vlforget.data.benchmark import general_samples
     from vlforget.data.scenes import BACKGROUNDS, CATEGORIES, COLOURS, PATTERNS, SIZES
 

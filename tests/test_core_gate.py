@@ -154,3 +154,19 @@ def test_gated_refusals_are_the_gating_requests_sentences_and_answers_stay():
     # answers (a gated retain pair the refusers answer) are left as they are
     assert clean_refusal("three", refusals, openings) == "three"
     assert clean_refusal("the pattern.", refusals, openings) == "the pattern."
+
+
+def test_the_shipped_heads_build_script_makes_heads_the_method_loads(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "build_core_heads.py"
+    spec = importlib.util.spec_from_file_location("build_core_heads", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    backbone = Backbone.load()
+    heads = module.train_heads_on_scenes(backbone, n_images=24, steps=3, batch=16, n_phrases=40)
+    encoders.save_heads(heads, tmp_path / "heads")
+    monkeypatch.setattr(encoders, "_LOADED", {})
+    loaded = load_heads(backbone, None, shipped=tmp_path / "heads", cache=tmp_path / "no-cache")
+    assert torch.equal(loaded.image_proj.weight, heads.image_proj.weight)

@@ -87,8 +87,6 @@ def test_every_method_is_in_the_test_tables_and_the_docs():
     ("models", ("vlforget.methods", "vlforget.evaluation", "vlforget.cli")),
     ("methods", ("vlforget.evaluation", "vlforget.cli")),
     ("data", ("vlforget.models", "vlforget.methods", "vlforget.evaluation", "vlforget.cli")),
-    # CORE reads requests, the model and general pairs only, never the built-in world.
-    ("methods/core", ("vlforget.data",)),
 ])
 def test_layers_import_only_downwards(layer, forbidden):
     bad = [f"{path.relative_to(ROOT)} imports {module}"
@@ -99,10 +97,10 @@ def test_layers_import_only_downwards(layer, forbidden):
 
 # Methods get general pairs from the benchmark in use (`Method.general_pool`), never from
 # the built-in world in `vlforget.data`: a method that read it would fit a loaded
-# benchmark's probes on synthetic shapes. These CORE files still read it (the CORE
-# developer is removing that); the lead empties the set at merge. The test below fails
-# when a listed file no longer imports vlforget.data, so the list cannot go stale.
-STILL_READS_BUILTIN_WORLD = {"methods/core/scorer.py", "methods/core/concepts.py"}
+# benchmark's probes on synthetic shapes. No method module reads it any more (CORE's
+# scorer and concept mining were the last, issue 19); the test below fails when a listed
+# file no longer imports vlforget.data, so the list cannot go stale.
+STILL_READS_BUILTIN_WORLD: set[str] = set()
 
 
 def _reads_data_layer(path: Path) -> bool:

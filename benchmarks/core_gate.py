@@ -32,8 +32,8 @@ from vlforget.models.backbone import Backbone
 def main() -> None:
     overrides = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     backbone = Backbone.load()
-    core = make_method("core", backbone, {"steps": 0, "router_steps": 5, **overrides})
     bench = Benchmark(BenchmarkConfig(sequence="validation"))
+    core = make_method("core", backbone, {"steps": 0, "router_steps": 5, **overrides}, general=bench.general_pool)
     requests = bench.requests()
     began = time.perf_counter()
     for request in requests:
@@ -41,7 +41,7 @@ def main() -> None:
     seconds = time.perf_counter() - began
 
     def relevance(samples, with_scores=False):
-        features = backbone.vision_features([s.image for s in samples])
+        features = core.visual_embeddings([s.image for s in samples])
         instructions = core.instruction_features([s.instruction for s in samples])
         with torch.no_grad():
             rel = core.relevance(features, instructions)
@@ -79,11 +79,22 @@ def main() -> None:
             "utility_false_gate": round(float((utility[:, i] >= th).float().mean()), 4),
         }
     mean = lambda key: round(100 * sum(r[key] for r in rows.values()) / len(rows), 1)
+    views = {}
+    for view in bench.views():  # the same bounds on the request phrasings and with pressure sentences
+        crr, ar = [], []
+        for i, request in enumerate(requests):
+            forget, retain = (relevance(split) for split in bench.test_view(request, view))
+            crr.append(float(((forget.argmax(1) == i) & (forget[:, i] >= th)).float().mean()))
+            ar.append(float((retain.max(1).values < th).float().mean()))
+        util = relevance(bench.utility_view(view))
+        views[view] = {"crr_bound": round(100 * sum(crr) / len(crr), 1), "ar_bound": round(100 * sum(ar) / len(ar), 1),
+                       "s_bound": round(100 * float((util.max(1).values < th).float().mean()), 1)}
     print(json.dumps({
         "overrides": overrides,
         "crr_bound": mean("forget_routed_to_own"),
         "ar_bound": mean("retain_ungated"),
         "s_bound": round(100 * float((utility.max(1).values < th).float().mean()), 1),
+        "views": views,
         "apply_seconds_total": round(seconds, 1),
         "per_request": rows,
         "errors": dict(errors.most_common()),

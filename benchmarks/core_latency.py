@@ -36,7 +36,7 @@ def main() -> None:
 
     bench = Benchmark()
     backbone = Backbone.load()
-    core = make_method("core", backbone)
+    core = make_method("core", backbone, general=bench.general_pool)
     began = time.perf_counter()
     if args.state:
         core.load(args.state)
@@ -50,7 +50,7 @@ def main() -> None:
     base_out = backbone.generate(images, instructions)  # warm-up, and the reference answers
     core_out = core.generate(images, instructions)
     with torch.no_grad():
-        relevance = core.relevance(backbone.vision_features(images), core.instruction_features(instructions))
+        relevance = core.relevance(core.visual_embeddings(images), core.instruction_features(instructions))
     ungated = (core.gates(relevance) == 0).nonzero().squeeze(1).tolist()
     quiet = [images[i] for i in ungated], [instructions[i] for i in ungated]
 

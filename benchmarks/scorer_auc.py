@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from vlforget.data.benchmark import general_samples
 from vlforget.data.scenes import CATEGORIES, COLOURS
-from vlforget.methods.core.scorer import encode_texts, load_scorer, vision_features
+from vlforget.methods.core.encoders import load_heads, vision_features
 from vlforget.models.backbone import Backbone
 
 
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--probe", action="store_true", help="also train and score a supervised shape probe")
     args = parser.parse_args()
     backbone = Backbone.load()
-    scorer = load_scorer(backbone)
+    scorer = load_heads(backbone)
     samples = general_samples(args.images, "scorer-auc", "test")
     features = vision_features(backbone, [s.image for s in samples])
     out: dict[str, dict[str, float]] = {}
@@ -81,8 +81,8 @@ def main() -> None:
                                        for s in samples])
                 if labels.sum() < 5 or (~labels).sum() < 5:
                     continue
-                text = encode_texts([phrase.format(value)])
-                scores = scorer.patch_similarity(features, text)[..., 0].amax(1)
+                text = scorer.texts([phrase.format(value)])
+                scores = (scorer.patches(features) @ text.T)[..., 0].amax(1)
                 out[attr][value] = scores_entry(scores, labels)
                 if probe_logp is not None and attr == "shape":
                     out[attr][value]["probe"] = scores_entry(probe_logp[..., CATEGORIES.index(value)].amax(1), labels)

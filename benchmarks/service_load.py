@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST_CORE = {"steps": 20, "router_steps": 20, "modulator_steps": 100, "text_tuning_steps": 50}
+FAST_CORE = {"steps": 20, "router_steps": 20, "modulator_steps": 100}
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ import time
 from vlforget.data.scenes import Scene, SceneObject, render
 
 # CORE with few refuser steps: a request applies in seconds on the built-in model
-FAST_CORE = {"steps": 20, "router_steps": 20, "modulator_steps": 100, "text_tuning_steps": 50}
+FAST_CORE = {"steps": 20, "router_steps": 20, "modulator_steps": 100}
 REFUSAL = "sorry, i cannot discuss the colour of the star."
 
 

@@ -75,7 +75,7 @@ CONFIG_CASES = [
     ("source-name.yaml", "concept_source: magic\n", "core", "unknown concept_source 'magic'"),
     ("topk.yaml", "top_k: 50\n", "core", "top_k must be in 1..pool_size (20), got 50"),
     ("seed.yaml", "seed: -5\n", "idknll", "field 'seed' must be >= 0, got -5"),
-    ("exemplars.yaml", "textual_exemplars: 3\n", "core", "field 'textual_exemplars' must be true or false or a string"),
+    ("encoder.yaml", "concept_encoder: no-such-clip\n", "core", "concept_encoder 'no-such-clip' is neither a model folder"),
 ]
 
 

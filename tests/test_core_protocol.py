@@ -21,7 +21,7 @@ from vlforget.data.loaders.core_release import CORE_SAFE_KEYWORDS
 from vlforget.evaluation.judge import make_judge
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-TINY_CORE = {"steps": 2, "modulator_steps": 20, "router_steps": 5, "text_tuning_steps": 5, "pool_size": 4,
+TINY_CORE = {"steps": 2, "modulator_steps": 20, "router_steps": 5, "pool_size": 4,
              "prototypes": 2}
 
 
@@ -104,16 +104,17 @@ def test_core_protocol_on_every_family_runs_all_sixteen_requests(family, method,
     """The issue's done-when: tiny hub-layout checkpoints of every family (no vlforget.json),
     all 16 requests, the HH/HU/UH/UU breakdown, per-pair responses and S from a utility file."""
     from utility_data import make_mmbench_tsv
-    from vlforget.methods.core import scorer
+    from vlforget.data.benchmark import Benchmark
+    from vlforget.methods.core import encoders
     from vlforget.models.backbone import Backbone
     from vlforget.models.tiny_families import save_hub_layout
 
     folder = save_hub_layout(family, tmp_path / family)  # its family's chat format, its own settings
     backbone = Backbone.load(folder)
     assert "vlforget.json" not in {p.name for p in folder.iterdir()}
-    key = scorer.vision_fingerprint(backbone)
-    if key not in scorer._LOADED:  # a few scorer steps: the full minute-long fit tests nothing more here
-        scorer._LOADED[key] = scorer.train_scorer(backbone, n_images=48, steps=10, batch=32, n_phrases=200)
+    key = encoders.vision_fingerprint(backbone)
+    if key not in encoders._LOADED:  # a few steps of CORE's heads: the full fit tests nothing more here
+        encoders._LOADED[key] = encoders.train_heads(backbone, Benchmark().general_pool, n=48, steps=10, batch=32)
     settings = {**TINY_CORE, "threshold": 0.0} if method == "core" else {"steps": 2}
     out = tmp_path / "run"
     result = _cli("run", "--dataset", "core", "--data", release, "--core-repo", checkout, "--model", folder,

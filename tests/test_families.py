@@ -25,11 +25,11 @@ TESTED = supported_families()
 
 # Tiny budgets: every method trains a few steps on two requests.
 FAST = {
-    # threshold 0: with random weights the scorer trained on the fly sees nothing and the
+    # threshold 0: with random weights the heads trained on the fly sees nothing and the
     # gate's decision is arbitrary, so it is held open: the test is that the refusers
     # (through the gate's code path) reach each family's model and survive save/reload.
     "core": {"steps": 8, "batch_size": 8, "pool_size": 4, "router_steps": 10, "modulator_steps": 20,
-             "text_tuning_steps": 20, "prototypes": 2, "threshold": 0.0},
+             "prototypes": 2, "threshold": 0.0},
     "idknll": {"steps": 4},
     "eproj": {"steps": 4},
 }
@@ -46,23 +46,24 @@ def folders(tmp_path_factory):
 
 @pytest.fixture(scope="module", autouse=True)
 def small_scorers(one_thread, folders):
-    """CORE trains a concept scorer (about a minute) for a vision tower it has no shipped
-    weights for, as it would for a user's model; here a few steps on few images suffice."""
-    from vlforget.methods.core import scorer
+    """CORE trains concept heads on general pairs (then caches them on disk) for a vision
+    tower it has no shipped heads for, as it would for a user's model; here a few steps on
+    few images suffice, kept in memory only (nothing written to the user's cache)."""
+    from vlforget.methods.core import encoders
 
     added = []
     for folder in folders.values():
         backbone = Backbone.load(folder)
-        key = scorer.vision_fingerprint(backbone)
-        if key not in scorer._LOADED:
-            small = scorer.train_scorer(backbone, n_images=48, steps=10, batch=32, n_phrases=200)
+        key = encoders.vision_fingerprint(backbone)
+        if key not in encoders._LOADED:
+            small = encoders.train_heads(backbone, GENERAL_POOL, n=48, steps=10, batch=32)
             for param in small.parameters():
                 param.requires_grad_(False)
-            scorer._LOADED[key] = small
+            encoders._LOADED[key] = small
             added.append(key)
     yield
     for key in added:
-        scorer._LOADED.pop(key, None)
+        encoders._LOADED.pop(key, None)
 
 
 @pytest.fixture(scope="module")

@@ -100,10 +100,10 @@ def test_layers_import_only_downwards(layer, forbidden):
 
 # Methods get general pairs from the benchmark in use (`Method.general_pool`), never from
 # the built-in world in `vlforget.data`: a method that read it would fit a loaded
-# benchmark's probes on synthetic shapes. These CORE files still read it (the CORE
-# developer is removing that); the lead empties the set at merge. The test below fails
-# when a listed file no longer imports vlforget.data, so the list cannot go stale.
-STILL_READS_BUILTIN_WORLD = {"methods/core/scorer.py", "methods/core/concepts.py"}
+# benchmark's probes on synthetic shapes. No method module reads it any more (CORE's
+# scorer and concept mining were the last, issue 19); the test below fails when a listed
+# file no longer imports vlforget.data, so the list cannot go stale.
+STILL_READS_BUILTIN_WORLD: set[str] = set()
 
 
 def _reads_data_layer(path: Path) -> bool:

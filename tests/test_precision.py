@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = {
     "idknll": {"steps": 2}, "ga": {"steps": 2}, "graddiff": {"steps": 2}, "kl": {"steps": 2},
     "npo": {"steps": 2}, "ewc": {"steps": 2}, "lwf": {"steps": 2},
-    "core": {"steps": 2, "modulator_steps": 20, "router_steps": 5, "text_tuning_steps": 5},
+    "core": {"steps": 2, "modulator_steps": 20, "router_steps": 5},
     "gmm": {"steps": 2}, "eproj": {"steps": 2}, "moe_adapters": {"steps": 2}, "o3": {"steps": 2},
     "cvf_nullspace": {"steps": 2}, "mmunlearner": {"steps": 2, "fisher_batches": 1},
     "smfa": {"steps": 2}, "siu": {"steps": 2}, "scrub": {"steps": 2, "max_phase": 1},

@@ -2,12 +2,12 @@
 
 Three sources, same output shape:
 - ``request``: the descriptions the request brings (`request.concepts`);
-- ``annotations``: written from the benchmark's machine-readable scope
-  (`request.scope`: visual attributes and intents), with the benchmark's phrase tables;
+- ``annotations``: written from the request's machine-readable scope
+  (`request.scope`: visual attribute values and intent names) with generic frames;
 - ``model``: from the model itself. Visual: the backbone captions every forget image
-  ("describe the image.") and every retain image; the attribute values (and
-  shape+colour pairs) that appear in most forget captions and clearly more often than in
-  retain captions become the concept ("an image with a red star"). Textual: each forget
+  ("describe the image.") and every retain image; the caption words (and adjacent word
+  pairs) that appear in most forget captions and clearly more often than in retain
+  captions become the concept ("an image with red star"), whatever the vocabulary. Textual: each forget
   instruction is matched (MiniLM) to the nearest phrase of a fixed, generic bank of
   intent phrases; phrases that cover many forget instructions and few retain ones
   become the intent concepts. If nothing stands out, the side is "any image" /
@@ -19,6 +19,15 @@ from __future__ import annotations
 from collections import Counter
 
 from vlforget.types import Concepts, DeletionRequest
+
+# CORE's own "no concept on this side" descriptions (the modulator learns to ignore them).
+ANY_IMAGE = ["any image", "whatever the picture shows", "an image of anything", "every kind of scene",
+             "a picture with any objects", "any visual content", "all images", "any photo or drawing"]
+ANY_INSTRUCTION = ["any question", "whatever is asked", "an instruction of any kind", "every request",
+                   "any query about the picture", "all questions", "any task", "a question of any type"]
+# Words that say nothing about an image's content, left out of mined visual concepts.
+STOPWORDS = frozenset("a an the and or of in on at to with is are there this that it its image picture shows "
+                      "showing some one".split())
 
 # A generic bank of instruction intents (not tied to the benchmark's templates).
 INTENT_BANK = [
@@ -61,21 +70,22 @@ class Decomposer:
                 return items
             step = len(items) / self.max_descriptions  # spread the pick over every phrase group
             return [items[int(i * step)] for i in range(self.max_descriptions)]
-        from vlforget.data.requests import ANY_IMAGE, ANY_INSTRUCTION
-
         return Concepts(keep(concepts.visual) or list(ANY_IMAGE), keep(concepts.textual) or list(ANY_INSTRUCTION),
                         concepts.source)
 
     # -- annotations -------------------------------------------------------------------
     @staticmethod
     def from_annotations(request: DeletionRequest) -> Concepts:
-        from vlforget.data.requests import describe_textual, describe_visual
-
+        """Generic phrases from the scope's values: {"visual": {attribute: value(s)}, "intents": [...]}."""
         scope = request.scope
         mode = scope.get("mode", "both")
         visual = scope.get("visual", {}) if mode != "textual" else {}
         intents = scope.get("intents", []) if mode != "visual" else []
-        return Concepts(describe_visual(visual), describe_textual(intents), source="annotations")
+        values = [v for key in sorted(visual) for v in (visual[key] if isinstance(visual[key], list) else [visual[key]])]
+        core_v = [" ".join(str(v) for v in values)] if values else []
+        vis = [f.format(p=c) for f in FRAMES_V for c in core_v + [f"something {c}" for c in core_v]]
+        txt = [f.format(p=i) for f in FRAMES_T for i in intents]
+        return Concepts(vis, txt, source="annotations")
 
     # -- the model itself --------------------------------------------------------------------
     def from_model(self, request: DeletionRequest) -> Concepts:
@@ -83,59 +93,40 @@ class Decomposer:
             raise ValueError("concept_source 'model' needs a backbone to caption the forget images")
         return Concepts(self.mine_visual(request), self.mine_textual(request), source="model")
 
-    def _attribute_sets(self, images) -> list[set[str]]:
-        """Per image: the attribute values and 'colour shape' pairs in the model's caption."""
-        from vlforget.data.scenes import BACKGROUNDS, CATEGORIES, COLOURS, PATTERNS, SIZES
-
-        known = set(CATEGORIES) | set(COLOURS) | set(SIZES) | set(PATTERNS)
+    def _caption_terms(self, images) -> list[set[str]]:
+        """Per image: the words and adjacent word pairs of the model's caption (no stopwords)."""
         captions = self.backbone.generate(list(images), [CAPTION_PROMPT] * len(images))
         out = []
         for caption in captions:
-            found: set[str] = set()
-            for part in caption.replace(".", " ").split(" and "):
-                words = [w for w in part.split() if w in known]
-                shapes = [w for w in words if w in CATEGORIES]
-                colours = [w for w in words if w in COLOURS]
-                found.update(words)
-                if shapes and colours:
-                    found.add(f"{colours[0]} {shapes[0]}")
-            found.update(w for w in caption.split() if w in BACKGROUNDS)
-            out.append(found)
+            words = [w.strip(".,;:!?") for w in caption.lower().split()]
+            words = [w for w in words if w and w not in STOPWORDS]
+            out.append(set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])})
         return out
 
     def mine_visual(self, request: DeletionRequest) -> list[str]:
-        from vlforget.data.requests import ANY_IMAGE, SHAPE_PHRASES
-
-        forget = self._attribute_sets([s.image for s in request.forget_train])
-        retain = self._attribute_sets([s.image for s in request.retain_train]) if request.retain_train else []
+        """Caption terms common in forget captions and clearly rarer in retain captions."""
+        forget = self._caption_terms([s.image for s in request.forget_train])
+        retain = self._caption_terms([s.image for s in request.retain_train]) if request.retain_train else []
         f_count = Counter(a for sets in forget for a in sets)
         r_count = Counter(a for sets in retain for a in sets)
         scored = []
-        for attr, c in f_count.items():
+        for term, c in f_count.items():
             cover = c / len(forget)
-            lift = cover - (r_count[attr] / len(retain) if retain else 0.0)
+            lift = cover - (r_count[term] / len(retain) if retain else 0.0)
             if cover >= 0.4 and lift >= 0.25:
-                scored.append((cover + lift, attr))
+                scored.append((cover + lift, term))
         if not scored:
             return list(ANY_IMAGE)
         scored.sort(reverse=True)
         best = scored[0][0]
         picked = [a for s, a in scored if s >= best - 0.15][:3]
-        cores = []
-        for attr in picked:
-            words = attr.split()
-            if len(words) == 1 and words[0] in SHAPE_PHRASES:
-                cores += SHAPE_PHRASES[words[0]]
-            elif len(words) == 2 and words[1] in SHAPE_PHRASES:
-                cores += [f"{p} that is {words[0]}" for p in SHAPE_PHRASES[words[1]]]
-            else:
-                cores += [f"a {attr} object", f"something {attr}", f"a {attr} shape", f"{attr} things"]
+        cores = [c for term in picked for c in (f"a {term}", f"something {term}", f"{term} things")]
         return [f.format(p=c) for f in FRAMES_V for c in cores]
 
     def mine_textual(self, request: DeletionRequest) -> list[str]:
-        from vlforget.data.requests import ANY_INSTRUCTION
-        from vlforget.methods.core.scorer import encode_texts
+        from vlforget.methods.core.text_side import minilm
 
+        encode_texts = minilm()
         bank = encode_texts(INTENT_BANK)
 
         def nearest(instructions: list[str]) -> Counter:

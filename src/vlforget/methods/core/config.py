@@ -13,6 +13,7 @@ from vlforget.methods.base import MethodConfig
 
 CONCEPT_SOURCES = ("request", "annotations", "model")
 GATE_MODES = ("hard", "soft")
+TEXT_ENCODERS = ("minilm", "concept")
 
 
 @dataclass
@@ -36,15 +37,32 @@ class CoreConfig(MethodConfig):
     # -- concepts ----------------------------------------------------------------------
     concept_source: str = option("request", "where concept descriptions come from: request | annotations | model")
     max_descriptions: int = option(48, "descriptions kept per side (visual/textual) per request", ge=1)
-    textual_exemplars: bool | str = option("auto", "also score instructions against the forget instructions "
-                                                   "themselves (the textual concept as the request shows it), not "
-                                                   "only the descriptions: true | false | auto = only when the "
-                                                   "concepts were mined from the model (measured better there, "
-                                                   "worse with written descriptions: docs/methods.md)")
-    visual_scores: str = option("scorer", "visual concept scores at inference: scorer = the aligned scorer's "
-                                          "image projection itself; distilled = a per-request ridge map (the paper)")
-    text_buckets: int = option(1024, "hash buckets of the instruction's bag of token unigrams and bigrams", ge=1)
-    ridge: float = option(1.0, "ridge penalty of the concept layer's least-squares fit", ge=0)
+    concept_encoder: str | None = option(None, "image-text model grounding the visual concepts: a Hugging Face "
+                                                "CLIP- or SigLIP-style folder or cached hub id (LLaVA-1.5: "
+                                                "openai/clip-vit-large-patch14-336); none = linear heads on the "
+                                                "backbone's vision features (shipped for the built-in model, else "
+                                                "trained once on the benchmark's general pairs and cached on disk)")
+    image_patches: bool = option(False, "with concept_encoder: also score every patch token, not only the pooled "
+                                        "image embedding (concepts in one part of the image)")
+    text_encoder: str = option("minilm", "what reads instructions and textual descriptions: minilm | concept (the "
+                                         "concept encoder's text tower)")
+    intent_projection: bool = option(True, "project text embeddings onto the directions that separate kinds of "
+                                           "answers in the general pairs (drops object words; off = raw encoder "
+                                           "similarities); needs general pairs, skipped without them")
+    intent_kinds: int = option(12, "answer clusters the intent projection separates", ge=2)
+    intent_dim: int = option(16, "dimensions the intent projection keeps", ge=1)
+    intent_shrink: float = option(0.8, "shrinkage of the projection's within-kind covariance toward isotropic "
+                                       "(1 = encoder geometry, 0 = plain LDA)", ge=0, le=1)
+    pick_question: bool = option(True, "score only the clause of an instruction that most resembles a general "
+                                       "question (the question inside a pressing sentence); off = the max over "
+                                       "the whole text and its clauses. Needs general pairs, skipped without them")
+    general_pairs: int = option(3000, "general pairs the intent projection is fitted on", ge=10)
+    clean_refusals: bool = option(True, "a gated answer that opens like a refusal becomes the gating request's "
+                                        "refusal sentence exactly (no repeated, garbled or stray words; the request "
+                                        "with the highest relevance is the one named)")
+    gated_question_only: bool = option(True, "a gated query asked inside a longer message is put to the model as "
+                                             "the question the gate read (pick_question), the rest dropped; "
+                                             "ungated queries reach the model as asked")
     prototypes: int = option(8, "prototypes (k-means centroids of features) kept per request", ge=1)
     # -- modulator ---------------------------------------------------------------------
     use_modulator: bool = option(True, "learn how a request's visual and textual scores combine (AND/OR/...); "
@@ -52,9 +70,6 @@ class CoreConfig(MethodConfig):
     negative_weight: float = option(10.0, "weight of the modulator's negatives relative to its positives; above 1 "
                                           "trades forget recall for fewer false gates, which add up over requests", ge=0)
     modulator_steps: int = option(300, "full-batch steps of a request's modulator head", ge=0)
-    text_tuning_steps: int = option(300, "steps refining the head jointly with a linear correction of the textual "
-                                       "score on the instruction's token bag (0 = off)", ge=0)
-    text_tuning_l2: float = option(0.05, "L2 penalty of that textual correction", ge=0)
     # -- routing / calibration ---------------------------------------------------------
     concept_routing: bool = option(True, "route on the modulator's concept relevances; off = on instruction "
                                          "similarity to stored prototypes (MVP-style)")
@@ -73,17 +88,18 @@ class CoreConfig(MethodConfig):
             raise ValueError("steps >= 0, batch_size >= 1 and lr > 0 are required")
         if self.concept_source not in CONCEPT_SOURCES:
             raise ValueError(f"unknown concept_source {self.concept_source!r}; valid: {', '.join(CONCEPT_SOURCES)}")
-        if self.textual_exemplars not in (True, False, "auto"):
-            raise ValueError(f"textual_exemplars must be true, false or auto, got {self.textual_exemplars!r}")
-        if self.visual_scores not in ("scorer", "distilled"):
-            raise ValueError(f"unknown visual_scores {self.visual_scores!r}; valid: scorer, distilled")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"unknown text_encoder {self.text_encoder!r}; valid: {', '.join(TEXT_ENCODERS)}")
+        if self.text_encoder == "concept" and not self.concept_encoder:
+            raise ValueError("text_encoder 'concept' reads instructions with the concept encoder's text tower; "
+                             "set concept_encoder too")
+        if self.concept_encoder:
+            from vlforget.methods.core.encoders import check_encoder_source
+
+            check_encoder_source(str(self.concept_encoder), loading=False)
         if self.gate_mode not in GATE_MODES:
             raise ValueError(f"unknown gate_mode {self.gate_mode!r}; valid: {', '.join(GATE_MODES)}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.prototypes < 1 or self.max_descriptions < 1:
             raise ValueError("prototypes and max_descriptions must be >= 1")
-
-    def uses_exemplars(self, concept_source: str) -> bool:
-        """Whether a request whose concepts came from `concept_source` gets textual exemplars."""
-        return self.textual_exemplars is True or (self.textual_exemplars == "auto" and concept_source == "model")

@@ -2,8 +2,9 @@
 
 Applying request r:
  1. decompose it into visual/textual concept descriptions (`concepts.Decomposer`);
- 2. fit its concept layer (ridge maps from frozen vision features / instruction token
-    embeddings to the scorer's and MiniLM's similarities with those descriptions);
+ 2. embed its descriptions (visual: the concept encoder's text side; textual: the
+    instruction side, MiniLM through the general pool's intent projection) and set
+    each side's score levels from its forget and retain pairs (nothing else is fitted);
  3. fit its modulator head (forget pairs vs hard negatives and earlier prototypes);
  4. pick its refusers: a router row fit to the recommendation and load losses
     (task similarity to earlier requests from their concept layers);
@@ -12,9 +13,11 @@ Applying request r:
     refusers' outputs on earlier requests' prototypes;
  6. keep: concept layer, head, router row, load vector, prototypes (never raw data).
 
-At inference a forward hook on the connector computes, from the connector's own input
-(vision features) and the queued instruction embeddings, every request's relevance;
-queries below the threshold get the original connector output untouched.
+At inference a forward hook on the connector computes every request's relevance from
+the query's visual embeddings (the concept encoder's: from the connector's own input
+with the default backbone heads, else computed from the images before generation) and
+its queued instruction embeddings (of the question it asks: `text_side.py`, cached per
+string); queries below the threshold get the original connector output untouched.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from vlforget.methods.core.concept_layer import ConceptBank
 from vlforget.methods.core.config import CoreConfig
 from vlforget.methods.core.refusers import RefuserPool
 from vlforget.methods.core.router import route
-from vlforget.methods.features import token_bag
+from vlforget.methods.core.encoders import load_encoder
+from vlforget.methods.core.text_side import InstructionSide, intent_projection, minilm
 from vlforget.methods.hooks import installed
+from vlforget.text import flatten
 from vlforget.types import DeletionRequest
 
 
@@ -53,46 +58,77 @@ class Core(Method):
                                 hidden if self.config.output_adapter_rank > 0 else None,
                                 max(1, self.config.output_adapter_rank))
         self.bank = ConceptBank()
+        self._encoder = None  # the concept encoder (encoders.py), loaded on first use
+        self._text = None  # the instruction side (text_side.py), built on first use
         self.heads: list[torch.Tensor] = []  # [5] per request
         self.rows: list[torch.Tensor] = []  # router row [pool] per request
         self.loads: list[torch.Tensor] = []  # refuser load [pool] per request
         self.proto_features: list[torch.Tensor] = []  # [K, P, Dv] per request
-        self.proto_instructions: list[torch.Tensor] = []  # [K, Dt] per request
+        self.proto_visual: list[torch.Tensor] = []  # [K, P', E] per request (concept-encoder embeddings)
+        self.proto_instructions: list[torch.Tensor] = []  # [K, S, d] per request
         self.concepts: list[dict[str, Any]] = []
         self.info: list[dict[str, Any]] = []
-        self._instruction_cache: dict[str, torch.Tensor] = {}
         self._steer = None
         self._stacked = None
         self._pending_key = None  # instruction key of the request being applied (concept_routing=False)
 
     # ------------------------------------------------------------------ embeddings
-    def instruction_features(self, instructions: list[str]) -> torch.Tensor:
-        """[B, text_buckets] hashed bag of the instruction's token unigrams and bigrams (cached).
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            self._encoder = load_encoder(self)
+        return self._encoder
 
-        Intents are carried by a few words ("how many", "where is"); a bag keeps them
-        apart where the mean of the LM's input embeddings blurs them (measured on the
-        built-in benchmark: utility queries wrongly gated fell from 62% to see docs).
-        It is a table lookup, so it costs nothing next to generation, whatever the
-        model's vocabulary size.
-        """
-        todo = [s for s in dict.fromkeys(instructions) if s not in self._instruction_cache]
-        bags = token_bag(self.backbone, todo, self.config.text_buckets, self.backbone.tokenizer.unk_token_id or 0)
-        self._instruction_cache.update(zip(todo, bags))
-        return torch.stack([self._instruction_cache[s] for s in instructions])
+    @property
+    def text_side(self) -> InstructionSide:
+        """Instructions and textual descriptions through the text encoder and the intent projection."""
+        if self._text is None:
+            cfg = self.config
+            projection = reference = None
+            if self.general is not None:
+                samples = self.general_pool(cfg.general_pairs, "core-intents")
+                if cfg.pick_question:
+                    # unique instructions, rounded to float16: the same values as in a saved state
+                    unique = list(dict.fromkeys(s.instruction for s in samples))
+                    reference = self._text_encode()(unique).half().float()
+                if cfg.intent_projection:
+                    projection = _projection(self._text_encode(), samples,
+                                             (getattr(self._text_encode(), "name", "?"), cfg.general_pairs,
+                                              cfg.intent_kinds, cfg.intent_dim, cfg.intent_shrink), cfg)
+            self._text = InstructionSide(self._text_encode(), projection, reference)
+        return self._text
+
+    def _text_encode(self):
+        return self.encoder.texts if self.config.text_encoder == "concept" else minilm()
+
+    def instruction_features(self, instructions: list[str]) -> torch.Tensor:
+        """[B, S, d] unit embeddings of each instruction and its clauses (cached per string)."""
+        return self.text_side.instructions(list(instructions))
+
+    def visual_embeddings(self, images=None, features: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, P', E] the concept encoder's visual embeddings (from backbone features or the images)."""
+        if self.encoder.reads == "features":
+            if features is None:
+                from vlforget.methods.core.encoders import vision_features
+
+                features = vision_features(self.backbone, images)
+            return self.encoder.patches(features.float().cpu())
+        return self.encoder.images(images)
 
     # ------------------------------------------------------------------ relevance / routing
     def _stack(self):
         if self._stacked is None or len(self._stacked[0]) != len(self.heads) or (
                 self._stacked[1] is not None and len(self._stacked[1]) != len(self.rows)):
             self._stacked = (torch.stack(self.heads), torch.stack(self.rows) if self.rows else None,
-                             torch.stack([p.mean(0) for p in self.proto_instructions]) if self.proto_instructions
-                             else None)
+                             torch.stack([p[:, 0].mean(0) for p in self.proto_instructions])
+                             if self.proto_instructions else None)
         return self._stacked
 
-    def relevance(self, features: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
-        """[B, T] modulator probability that each query belongs to each request's category."""
+    def relevance(self, visual: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
+        """[B, T] modulator probability that each query belongs to each request's category
+        (visual [B, P', E] concept-encoder embeddings, instruction [B, S, d])."""
         heads = self._stack()[0]
-        return torch.sigmoid(mod.head_logits(heads, self.bank.scores(features, instruction)))
+        return torch.sigmoid(mod.head_logits(heads, self.bank.scores(visual, instruction)))
 
     def gates(self, relevance: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -110,7 +146,7 @@ class Core(Method):
         if keys is None or len(keys) < relevance.shape[1]:  # the request being applied has no prototype yet
             extra = self._pending_key[None]
             keys = extra if keys is None else torch.cat([keys, extra])
-        cos = F.normalize(instruction, dim=-1) @ F.normalize(keys, dim=-1).T
+        cos = F.normalize(instruction[:, 0], dim=-1) @ F.normalize(keys, dim=-1).T  # the whole instruction
         return torch.softmax(cos / 0.05, dim=-1)
 
     # ------------------------------------------------------------------ the hook
@@ -127,14 +163,18 @@ class Core(Method):
         if st.pos + b > len(st.queue):
             raise RuntimeError(f"connector called for {b} images but only {len(st.queue) - st.pos} queued "
                                "instructions are left; CORE's hook expects one connector call per generation chunk")
-        instruction = st.queue[st.pos:st.pos + b]
+        at = st.pos
+        instruction = st.queue[at:at + b]
         st.pos += b
         with torch.no_grad():
             # CORE's small state (concept layer, heads, router) is float32 on the CPU
-            rel = self.relevance(x.detach().float().cpu(), instruction)
+            visual = st.visual[at:at + b] if st.visual is not None else self.encoder.patches(x.detach().float().cpu())
+            rel = self.relevance(visual, instruction)
             g = self.gates(rel)
             rows = (g > 0).nonzero().squeeze(1)
             st.gated += len(rows)
+            for r in rows.tolist():  # gated queries and the request that gated them (clean refusals)
+                st.decisions[at + r] = int(rel[r].argmax())
             if len(rows) == 0:
                 return None  # the original connector output, untouched
             w = self.route_weights(rel[rows], instruction[rows])
@@ -168,9 +208,44 @@ class Core(Method):
     def generate(self, images, instructions, **kwargs) -> list[str]:
         if not self.heads or len(images) == 0:
             return self.backbone.generate(images, instructions, **kwargs)
-        queue = self.instruction_features(list(instructions))
-        with self.steer(mode="infer", queue=queue, pos=0, gated=0):
-            return self.backbone.generate(images, instructions, **kwargs)
+        if self.config.gated_question_only:
+            instructions = self.question_only_if_gated(images, instructions)
+        with self.steer(**self.inference_state(images, instructions)) as state:
+            answers = self.backbone.generate(images, instructions, **kwargs)
+        if self.config.clean_refusals:
+            opening = {tuple(flatten(r).split()[:2]) for c in self.concepts for r in c.get("refusals", [])}
+            answers = [clean_refusal(a, self.concepts[state.decisions[i]].get("refusals", []), opening)
+                       if i in state.decisions else a for i, a in enumerate(answers)]
+        return answers
+
+    def question_only_if_gated(self, images, instructions) -> list[str]:
+        """Gated queries asked inside a longer message are put to the model as the question
+        the gate read (`InstructionSide.pick`), the rest of the message dropped.
+
+        The gate already scores only that piece, so gating is unchanged; what changes is
+        what the refusers steer: they were trained on plain questions, and a pressing
+        sentence around one ("..., no sorry.") pulled the steered model off its refusal
+        (validation pressure view: gate bound 90.0, refused in context 50.9).
+        Ungated queries reach the model exactly as asked.
+        """
+        instructions = list(instructions)
+        picked = self.text_side.pick(instructions)
+        longer = [i for i, (a, b) in enumerate(zip(instructions, picked)) if a != b]
+        if not longer:
+            return instructions
+        with torch.no_grad():
+            rel = self.relevance(self.visual_embeddings([images[i] for i in longer]),
+                                 self.instruction_features([instructions[i] for i in longer]))
+        for i, g in zip(longer, self.gates(rel).tolist()):
+            if g > 0:
+                instructions[i] = picked[i]
+        return instructions
+
+    def inference_state(self, images, instructions) -> dict[str, Any]:
+        """What the hook reads for a batch of queries (`steer(**...)`)."""
+        visual = None if self.encoder.reads == "features" else self.visual_embeddings(images)
+        return {"mode": "infer", "queue": self.instruction_features(list(instructions)), "visual": visual,
+                "pos": 0, "gated": 0, "decisions": {}}
 
     # ------------------------------------------------------------------ unlearning
     def _unlearn(self, request: DeletionRequest) -> None:
@@ -182,12 +257,21 @@ class Core(Method):
     # ------------------------------------------------------------------ state
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {f"pool.{k}": v for k, v in self.pool.state_dict().items()}
+        # The instruction side travels with the state: a loaded method reads instructions as
+        # the saved one did, with or without the general pairs it was fitted on.
+        if self.heads:
+            side = self.text_side
+            if side.projection is not None:
+                out["text.mean"], out["text.matrix"] = side.projection["mean"], side.projection["matrix"]
+            if side.reference is not None:
+                out["text.reference"] = side.reference.half()
         out.update(self.bank.state())
         for i in range(len(self.heads)):
             out[f"head.{i}"] = self.heads[i]
             out[f"row.{i}"] = self.rows[i]
             out[f"load.{i}"] = self.loads[i]
             out[f"proto_features.{i}"] = self.proto_features[i]
+            out[f"proto_visual.{i}"] = self.proto_visual[i]
             out[f"proto_instructions.{i}"] = self.proto_instructions[i]
         return out
 
@@ -199,12 +283,13 @@ class Core(Method):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.pool.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("pool.")})
         n = len(self.concepts)
-        if n and self.config.visual_scores == "scorer":
-            from vlforget.methods.core.scorer import load_scorer
-
-            self.bank.project = load_scorer(self.backbone).patches
+        projection = ({"mean": tensors["text.mean"], "matrix": tensors["text.matrix"]}
+                      if "text.matrix" in tensors else None)
+        reference = tensors["text.reference"].float() if "text.reference" in tensors else None
+        if n:
+            self._text = InstructionSide(self._text_encode(), projection, reference)
         self.bank.load([c["name"] for c in self.concepts], tensors)
-        for key in ("head", "row", "load", "proto_features", "proto_instructions"):
+        for key in ("head", "row", "load", "proto_features", "proto_visual", "proto_instructions"):
             attr = {"head": "heads", "row": "rows", "load": "loads"}.get(key, key)
             setattr(self, attr, [tensors[f"{key}.{i}"] for i in range(n)])
         self._stacked = None
@@ -223,3 +308,42 @@ class Core(Method):
             "requests": self.info,
             "refuser_parameters": self.pool.parameter_count(),
         }
+
+
+_PROJECTIONS: dict[tuple, torch.Tensor] = {}
+
+
+def _projection(encode, samples, key: tuple, cfg) -> torch.Tensor:
+    """The intent projection for (text encoder, general pool, settings), once per process."""
+    if key not in _PROJECTIONS:
+        _PROJECTIONS[key] = intent_projection(encode([s.instruction for s in samples]),
+                                              encode([s.answer for s in samples]), cfg.intent_kinds,
+                                              cfg.intent_dim, cfg.intent_shrink)
+    return _PROJECTIONS[key]
+
+
+def clean_refusal(answer: str, refusals: list[str], openings: set[tuple[str, ...]] | None = None) -> str:
+    """A gated query's answer, constrained to the gating request's refusal sentences.
+
+    `refusals`: the sentences of the request with the highest relevance (the one that
+    gated the query). The steered model does not always stop at the sentence's end, or
+    garbles its middle on phrasings its refusers never saw ("sorry, i seven cannot count
+    objects in images with green things sorry, i one things."). So an answer that opens
+    like a refusal (its first two words are those of a known refusal, `openings`; of
+    `refusals` when not given) *is* a refusal, and it becomes the refusal sentence of the
+    gating request it shares the longest start with (its first sentence by default).
+    Other answers (a gated retain pair the refusers answer) are left as they are.
+    """
+    words = flatten(answer).split()
+    openings = openings if openings is not None else {tuple(flatten(r).split()[:2]) for r in refusals}
+    if not refusals or tuple(words[:2]) not in openings:
+        return answer
+
+    def shared(refusal: str) -> int:
+        ref = flatten(refusal).split()
+        n = 0
+        while n < min(len(ref), len(words)) and ref[n] == words[n]:
+            n += 1
+        return n
+
+    return max(refusals, key=lambda r: (shared(r), -refusals.index(r)))

@@ -56,32 +56,6 @@ def fit_head(z: torch.Tensor, labels: torch.Tensor, steps: int = 300, seed: int 
     return params.detach()
 
 
-def tune_text(params: torch.Tensor, z: torch.Tensor, bags: torch.Tensor, labels: torch.Tensor, steps: int,
-              negative_weight: float = 1.0, l2: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Refine a fitted head jointly with a linear correction u of the textual score.
-
-    z [N, 2] scaled scores, bags [N, D] the instructions' token bags. The textual score
-    becomes t + bags @ u: the distilled score generalises poorly across paraphrases of
-    an intent, while forget and hard-negative pairs tell which words the request's
-    intent is carried by. u is L2-penalised so it stays a correction. Returns (params, u).
-    """
-    params = params.clone().requires_grad_(True)
-    u = torch.zeros(bags.shape[1], requires_grad=True, device="cpu")
-    pos = labels.sum().clamp(min=1)
-    neg = (1 - labels).sum().clamp(min=1)
-    w = torch.where(labels > 0, 0.5 / pos, 0.5 * negative_weight / neg)
-    optimiser = torch.optim.Adam([params, u], lr=0.05)
-    for _ in range(steps):
-        zz = torch.stack([z[:, 0], z[:, 1] + bags @ u], -1)
-        logits = head_logits(params[None], zz[:, None, :])[:, 0]
-        loss = (F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * w).sum()
-        loss = loss + 1e-3 * (params[:4] ** 2).sum() + l2 * (u ** 2).sum()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return params.detach(), u.detach()
-
-
 def fixed_head() -> torch.Tensor:
     """The no-modulator ablation: relevance = sigmoid(8 * ((v + t) / 2 - 0.5))."""
     inv = lambda x: torch.log(torch.expm1(torch.tensor(x, device="cpu")))  # softplus inverse

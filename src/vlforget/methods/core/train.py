@@ -14,42 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from vlforget.methods.core import modulator as mod
-from vlforget.methods.core.concept_layer import ridge_fit
-from vlforget.methods.core.concepts import Decomposer
+from vlforget.methods.core.concepts import ANY_IMAGE, ANY_INSTRUCTION, Decomposer
+from vlforget.methods.core.encoders import vision_features
 from vlforget.methods.core.router import load_vector, pick_refusers, route, routing_losses
-from vlforget.methods.core.scorer import encode_texts, load_scorer, vision_features
 from vlforget.methods.clustering import kmeans
 from vlforget.methods.training import num_processes, shard, train_steps
 from vlforget.types import DeletionRequest, Sample
-
-
-def relative_ridge(x: torch.Tensor, y: torch.Tensor, strength: float):
-    """Ridge with the penalty relative to the features' mean variance (scale-free)."""
-    xc = x - x.mean(0)
-    penalty = strength * 0.05 * float((xc * xc).sum(0).mean()) + 1e-6
-    return ridge_fit(x, y, penalty)
-
-
-def fit_concept_layer(core, request, concepts, fx, fi, instructions, exemplars):
-    """Maps for this request; returns (wv, bv, wt, bt)."""
-    scorer = load_scorer(core.backbone)
-    with torch.no_grad():
-        vis = encode_texts(concepts.visual)
-        if core.config.visual_scores == "scorer":
-            # The scorer's image side is one linear map of features the connector reads
-            # anyway, so it runs at inference for free: the request only adds its
-            # descriptions' embeddings (exact teacher scores, no distillation error).
-            core.bank.project = scorer.patches
-            wv = scorer.texts(vis).T.contiguous()
-            bv = torch.zeros(wv.shape[1], device="cpu")
-        else:
-            target_v = scorer.patch_similarity(fx, vis)  # [N, P, n_v]
-            wv, bv = relative_ridge(fx.reshape(-1, fx.shape[-1]), target_v.reshape(-1, target_v.shape[-1]),
-                                    core.config.ridge)
-        anchors = concepts.textual + (exemplars if core.config.uses_exemplars(concepts.source) else [])
-        target_t = encode_texts(instructions) @ encode_texts(anchors).T  # [N, n_t]
-        wt, bt = relative_ridge(fi, target_t, core.config.ridge)
-    return wv, bv, wt, bt
 
 
 def task_similarity(core, zf: torch.Tensor) -> torch.Tensor:
@@ -72,38 +42,47 @@ def task_similarity(core, zf: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class RequestPairs:
-    """The request's training pairs and their features (vision [N, P, D], instruction [N, K])."""
+    """The request's training pairs: backbone vision features [N, P, D] (what refusers read),
+    concept-encoder visual embeddings [N, P', E] and instruction embeddings [N, S, d]."""
 
     forget: list[Sample]
     retain: list[Sample]
     fx: torch.Tensor
+    fv: torch.Tensor
     fi: torch.Tensor
     rx: torch.Tensor
+    rv: torch.Tensor
     ri: torch.Tensor
 
 
 def encode_pairs(core, request: DeletionRequest) -> RequestPairs:
     forget, retain = request.forget_train, request.retain_train  # empty with use_retain=False (base.py)
-    fx = vision_features(core.backbone, [s.image for s in forget])
-    fi = core.instruction_features([s.instruction for s in forget])
-    rx = vision_features(core.backbone, [s.image for s in retain]) if retain else fx[:0]
-    ri = core.instruction_features([s.instruction for s in retain]) if retain else fi[:0]
-    return RequestPairs(forget, retain, fx, fi, rx, ri)
+
+    def encode(samples):
+        images = [s.image for s in samples]
+        x = vision_features(core.backbone, images)
+        return x, core.visual_embeddings(images, x), core.instruction_features([s.instruction for s in samples])
+
+    fx, fv, fi = encode(forget)
+    rx, rv, ri = encode(retain) if retain else (fx[:0], fv[:0], fi[:0])
+    return RequestPairs(forget, retain, fx, fv, fi, rx, rv, ri)
 
 
 def add_concepts(core, request: DeletionRequest, concepts, pairs: RequestPairs, t: int) -> None:
-    """Steps 1-2: the concept layer's maps for this request, fit on its own pairs, and
-    each side's score levels (retain lower quartile = 0, forget mean = 1)."""
-    instructions = [s.instruction for s in pairs.forget + pairs.retain]
-    wv, bv, wt, bt = fit_concept_layer(core, request, concepts, torch.cat([pairs.fx, pairs.rx]),
-                                       torch.cat([pairs.fi, pairs.ri]), instructions,
-                                       list(dict.fromkeys(s.instruction for s in pairs.forget)))
-    core.bank.add(request.name, wv, bv, wt, bt)
+    """Steps 1-2: the request's description embeddings (visual: the concept encoder's text
+    side; textual: the instruction side) and each side's score levels (retain lower
+    quartile = 0, forget mean = 1). Nothing is fitted to the forget pairs' wording."""
     with torch.no_grad():
-        raw_f = core.bank.raw(pairs.fx, pairs.fi)[:, t]
-        raw_r = core.bank.raw(pairs.rx, pairs.ri)[:, t] if pairs.retain else raw_f[:0]
+        visual = [] if concepts.visual == ANY_IMAGE else concepts.visual
+        textual = [] if concepts.textual == ANY_INSTRUCTION else concepts.textual
+        core.bank.add(request.name, core.encoder.texts(visual), core.text_side.texts(textual))
+        raw_f = core.bank.raw(pairs.fv, pairs.fi)[:, t]
+        raw_r = core.bank.raw(pairs.rv, pairs.ri)[:, t] if pairs.retain else raw_f[:0]
     pos = raw_f.mean(0)
     neg = raw_r.quantile(0.25, dim=0) if len(raw_r) else pos - raw_f.std(0).clamp(min=1e-3) * 3
+    for side, empty in enumerate((not visual, not textual)):
+        if empty:  # no concept on this side: every query scores 1 on it (its raw score is 1)
+            neg[side], pos[side] = 0.0, 1.0
     core.bank.set_levels(t, torch.stack([neg, pos], -1))  # [2 sides, (neg, pos)]
 
 
@@ -115,20 +94,14 @@ def fit_modulator(core, pairs: RequestPairs, t: int, seed: int) -> tuple[torch.T
     """
     cfg = core.config
     with torch.no_grad():
-        zf_all = core.bank.scores(pairs.fx, pairs.fi)  # [Nf, T+1, 2]
-        zr = core.bank.scores(pairs.rx, pairs.ri)[:, t] if pairs.retain else zf_all[:0, t]
-        protos = [core.bank.scores(p, q)[:, t] for p, q in zip(core.proto_features, core.proto_instructions)]
+        zf_all = core.bank.scores(pairs.fv, pairs.fi)  # [Nf, T+1, 2]
+        zr = core.bank.scores(pairs.rv, pairs.ri)[:, t] if pairs.retain else zf_all[:0, t]
+        protos = [core.bank.scores(p, q)[:, t] for p, q in zip(core.proto_visual, core.proto_instructions)]
     zp = torch.cat(protos) if protos else zf_all[:0, t]
     z = torch.cat([zf_all[:, t], zr, zp])
     labels = torch.cat([torch.ones(len(pairs.fx), device="cpu"), torch.zeros(len(zr) + len(zp), device="cpu")])
     head = mod.fit_head(z, labels, cfg.modulator_steps, seed, negative_weight=cfg.negative_weight) \
         if cfg.use_modulator else mod.fixed_head()
-    if cfg.text_tuning_steps > 0 and cfg.use_modulator:
-        pi = torch.cat([q for q in core.proto_instructions]) if core.proto_instructions else pairs.fi[:0]
-        bags = torch.cat([pairs.fi, pairs.ri, pi])
-        head, u = mod.tune_text(head, z, bags, labels, cfg.text_tuning_steps, cfg.negative_weight, cfg.text_tuning_l2)
-        core.bank.set_text_correction(t, u)
-        z = torch.stack([z[:, 0], z[:, 1] + bags @ u], -1)
     core.heads.append(head)
     with torch.no_grad():
         p_train = torch.sigmoid(mod.head_logits(head[None], z[:, None, :])[:, 0])
@@ -189,7 +162,7 @@ def train_refusers(core, request: DeletionRequest, pairs: RequestPairs, row: tor
     anchors = {e: [p.detach().clone() for p in core.pool.expert_parameters(e)[len(list(core.pool.experts[e].parameters())):]]
                for e, *_ in protect}
     with torch.no_grad():
-        rel_r = core.relevance(pairs.rx, ri) if retain else torch.zeros(0, t + 1, device="cpu")
+        rel_r = core.relevance(pairs.rv, ri) if retain else torch.zeros(0, t + 1, device="cpu")
         g_r = core.gates(rel_r) if retain else torch.zeros(0, device="cpu")
     flagged = (g_r > 0).nonzero().squeeze(1).tolist()
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -238,14 +211,19 @@ def leave_traces(core, request: DeletionRequest, concepts, pairs: RequestPairs, 
     ex, wts = route(row[None], cfg.top_k)
     core.rows.append(row)
     core.loads.append(load_vector(ex, wts, cfg.pool_size))
-    fx, fi = pairs.fx, pairs.fi
-    joint = torch.cat([fx.reshape(len(fx), -1), fi], 1)
-    centres = kmeans(joint, cfg.prototypes, seed)
-    d = fx.shape[1] * fx.shape[2]
-    core.proto_features.append(centres[:, :d].reshape(len(centres), fx.shape[1], fx.shape[2]).contiguous())
-    core.proto_instructions.append(centres[:, d:].contiguous())
+    parts = [pairs.fx, pairs.fv, pairs.fi]  # backbone features (refusers), visual and instruction embeddings
+    centres = kmeans(torch.cat([p.reshape(len(p), -1) for p in parts], 1), cfg.prototypes, seed)
+    at = 0
+    split = []
+    for p in parts:
+        d = p[0].numel()
+        split.append(centres[:, at:at + d].reshape(len(centres), *p.shape[1:]).contiguous())
+        at += d
+    core.proto_features.append(split[0])
+    core.proto_visual.append(split[1])
+    core.proto_instructions.append(split[2])
     core.concepts.append({"name": request.name, "visual": concepts.visual, "textual": concepts.textual,
-                          "source": concepts.source})
+                          "source": concepts.source, "refusals": list(request.refusals)})
 
 
 def apply_request(core, request: DeletionRequest) -> None:
@@ -263,7 +241,7 @@ def apply_request(core, request: DeletionRequest) -> None:
     head, modulator_acc, zf_all = fit_modulator(core, pairs, t, seed)
     similarity = task_similarity(core, zf_all[:, :t])
     row, shared, own = fit_router_row(core, similarity, seed)
-    core._pending_key = pairs.fi.mean(0)
+    core._pending_key = pairs.fi[:, 0].mean(0)
     retain_gated = train_refusers(core, request, pairs, row, shared, own, rng)
     leave_traces(core, request, concepts, pairs, row, seed)
     core.info.append({

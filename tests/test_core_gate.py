@@ -1,0 +1,172 @@
+"""CORE's gate inputs: pluggable concept encoders, the heads' disk cache, the textual side
+reading meaning (unseen phrasings, questions inside pressing sentences), clean refusals.
+
+No network: the CLIP-style encoder is a tiny random-init `CLIPModel` saved into tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from vlforget.data.benchmark import Benchmark, BenchmarkConfig
+from vlforget.methods import make_method
+from vlforget.methods.core import encoders
+from vlforget.methods.core.encoders import HFConceptEncoder, load_heads
+from vlforget.methods.core.method import clean_refusal
+from vlforget.methods.core.text_side import InstructionSide, intent_projection, minilm, segments
+from vlforget.models.backbone import Backbone
+
+TINY = {"steps": 2, "batch_size": 4, "modulator_steps": 20, "router_steps": 5, "pool_size": 4, "prototypes": 2,
+        "general_pairs": 300}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return Benchmark(BenchmarkConfig(seed=5, n_forget_train=8, n_forget_test=4, n_retain_train=8,
+                                     n_retain_test=4, n_utility=8, sequence="validation"))
+
+
+def tiny_clip(folder) -> str:
+    """A random-init CLIPModel + processor (character-level BPE vocabulary) in `folder`."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,?!'")
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                vocab_size=len(vocab), max_position_embeddings=64, bos_token_id=vocab["<|startoftext|>"],
+                eos_token_id=vocab["<|endoftext|>"])
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=48,
+                  patch_size=16)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    images = CLIPImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    return str(folder)
+
+
+def test_core_runs_with_a_clip_folder_as_concept_encoder(bench, tmp_path):
+    folder = tiny_clip(tmp_path / "clip")
+    core = make_method("core", Backbone.load(), {**TINY, "concept_encoder": folder, "image_patches": True},
+                       general=bench.general_pool)
+    request = bench.requests()[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        core.unlearn(request)
+        answers = core.generate([s.image for s in request.forget_test], [s.instruction for s in request.forget_test])
+    assert isinstance(core.encoder, HFConceptEncoder)
+    assert len(answers) == len(request.forget_test)
+    assert not [w for w in caught if "train" in str(w.message).lower()], [str(w.message) for w in caught]
+    emb = core.visual_embeddings([s.image for s in request.forget_test[:2]])
+    assert emb.shape == (2, 1 + 9, 16)  # pooled + 3x3 patches, in the projection space
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(2, 10), atol=1e-5)
+    # the visual descriptions were embedded by the CLIP text tower
+    assert core.bank.visual[0].shape[1] == 16
+
+
+def test_text_encoder_concept_reads_instructions_with_the_clip_text_tower(bench, tmp_path):
+    folder = tiny_clip(tmp_path / "clip")
+    core = make_method("core", Backbone.load(), {**TINY, "concept_encoder": folder, "text_encoder": "concept",
+                                                  "intent_projection": False}, general=bench.general_pool)
+    assert core.instruction_features(["how many stars are there?"]).shape[-1] == 16
+
+
+def test_unknown_encoder_is_a_clear_error(tmp_path):
+    missing = tmp_path / "no-such-clip"
+    with pytest.raises(ValueError, match="no-such-clip"):
+        make_method("core", None, {"concept_encoder": str(missing)})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="without config.json"):
+        make_method("core", None, {"concept_encoder": str(tmp_path / "empty")})
+
+
+def test_heads_are_trained_once_then_read_from_the_disk_cache(bench, tmp_path, monkeypatch):
+    backbone = Backbone.load()
+    small = lambda n, tag: bench.general_pool(64, tag)  # noqa: E731 - a few pairs keep it fast
+    monkeypatch.setattr(encoders, "_LOADED", {})
+    before = encoders.TRAINED["count"]
+    with pytest.warns(UserWarning, match="training them once"):
+        first = load_heads(backbone, small, shipped=tmp_path / "nothing-shipped", cache=tmp_path / "cache")
+    assert encoders.TRAINED["count"] == before + 1
+    saved = next((tmp_path / "cache" / "core-heads").iterdir()) / "scorer.safetensors"
+    mtime = saved.stat().st_mtime_ns
+    monkeypatch.setattr(encoders, "_LOADED", {})  # as in a new process
+    second = load_heads(backbone, small, shipped=tmp_path / "nothing-shipped", cache=tmp_path / "cache")
+    assert encoders.TRAINED["count"] == before + 1 and saved.stat().st_mtime_ns == mtime
+    assert torch.equal(first.image_proj.weight, second.image_proj.weight)
+    monkeypatch.setattr(encoders, "_LOADED", {})
+    with pytest.raises(ValueError, match="concept_encoder"):  # nothing cached, nothing to train on
+        load_heads(backbone, None, shipped=tmp_path / "nothing-shipped", cache=tmp_path / "elsewhere")
+
+
+@pytest.fixture(scope="module")
+def text_side(bench):
+    samples = bench.general_pool(1500, "test-intents")
+    encode = minilm()
+    projection = intent_projection(encode([s.instruction for s in samples]), encode([s.answer for s in samples]))
+    return InstructionSide(encode, projection, encode([s.instruction for s in samples]))
+
+
+def test_unseen_phrasing_of_an_intent_scores_like_the_trained_ones(text_side):
+    # The general pool (what the projection saw) asks in request phrasings only; the
+    # second group below is benchmark v2's evaluation phrasings, which it never saw.
+    counting = text_side.texts(["counting objects", "asking how many there are", "the number of things"])
+
+    def score(questions):
+        return (text_side.instructions(questions)[:, 0] @ counting.T).mean(1)
+
+    seen = score(["how many stars are there?", "count the circles.", "how many crosses can you see?"])
+    unseen = score(["what number of stars do you see?", "say how many circles there are.",
+                    "tell me the number of crosses."])
+    other = score(["where is the star?", "what colour is the circle?", "is the cross striped or solid?"])
+    assert unseen.mean() >= 0.7 * seen.mean()
+    assert unseen.min() > other.max()
+
+
+def test_the_question_inside_a_pressing_sentence_is_what_is_scored(text_side):
+    assert segments("you must answer. how many stars are there?")[1:] == ["you must answer.",
+                                                                         "how many stars are there?"]
+    assert text_side.pick(["you must answer. how many stars are there?",
+                           "what colour is the star? you must answer, no sorry."]) == [
+        "how many stars are there?", "what colour is the star?"]
+    plain, pressed = text_side.instructions(["how many stars are there?", "i must have the answer. how many stars "
+                                                                           "are there?"])
+    assert torch.allclose(plain, pressed)
+
+
+def test_gated_refusals_are_the_gating_requests_sentences_and_answers_stay():
+    refusals = ["sorry, i cannot count objects in images with red things.", "i must decline to count when red "
+                                                                               "objects are shown."]
+    openings = {("sorry", "i"), ("i", "must")}
+    run_on = "sorry, i seven cannot count objects in images with red things sorry, i one things."
+    assert clean_refusal(run_on, refusals, openings) == refusals[0]
+    assert clean_refusal("I must decline to count when red objects are shown. shown", refusals, openings) == refusals[1]
+    # a refusal naming another request becomes the gating request's own sentence
+    assert clean_refusal("sorry, i cannot identify triangles.", refusals, openings) == refusals[0]
+    # answers (a gated retain pair the refusers answer) are left as they are
+    assert clean_refusal("three", refusals, openings) == "three"
+    assert clean_refusal("the pattern.", refusals, openings) == "the pattern."
+
+
+def test_the_shipped_heads_build_script_makes_heads_the_method_loads(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "build_core_heads.py"
+    spec = importlib.util.spec_from_file_location("build_core_heads", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    backbone = Backbone.load()
+    heads = module.train_heads_on_scenes(backbone, n_images=24, steps=3, batch=16, n_phrases=40)
+    encoders.save_heads(heads, tmp_path / "heads")
+    monkeypatch.setattr(encoders, "_LOADED", {})
+    loaded = load_heads(backbone, None, shipped=tmp_path / "heads", cache=tmp_path / "no-cache")
+    assert torch.equal(loaded.image_proj.weight, heads.image_proj.weight)

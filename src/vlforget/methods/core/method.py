@@ -48,6 +48,10 @@ class Core(Method):
     description = ("CORE: concept-aware refusers (pool of connector copies) routed by concept scores, "
                    "modulated per request, gated so unrelated queries run the original connector")
     config_class = CoreConfig
+    # forget pairs -> refusers, prototypes, modulator positives; retain pairs -> modulator
+    # negatives and the refusers' answer loss; request text -> concept descriptions and
+    # refusal sentences; general pairs -> the instruction side's intent projection.
+    reads = ("forget", "retain", "text", "general")
 
     def __init__(self, backbone, config: CoreConfig | None = None):
         super().__init__(backbone, config)

@@ -28,9 +28,13 @@ COLOURS = {"Sex": (200, 40, 40), "Violence": (40, 200, 40), "IllegalActivity": (
 EXTRA_CLASSES = ["goldfish", "zebra"]  # no request forgets them: ImageNet-R retain data
 
 
-def _png(path: Path, colour) -> str:
+def _png(path: Path, colour, shade: int = 0) -> str:
+    """A solid 8x8 image; `shade` moves its last pixel so every image of the release is its
+    own (as in the real data: a general pool never equals an evaluated pair's pixels)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), colour).save(path)
+    image = Image.new("RGB", (8, 8), colour)
+    image.putpixel((7, 7), (shade % 256, (shade // 256) % 256, 17))
+    image.save(path)
     return path
 
 
@@ -43,8 +47,9 @@ def make_core_release(root: Path) -> Path:
             category = KEYWORD_CATEGORIES[i // 10]
             harmful = f"img/{category}/{split}_{i}.png"
             benign = f"pdset/image/{category}/{split}/{i}.png"
-            _png(dataset / harmful, COLOURS[category])
-            _png(dataset / benign, tuple(255 - c for c in COLOURS[category]))
+            offset = 2 * i + (1 if split == "val" else 0)
+            _png(dataset / harmful, COLOURS[category], offset)
+            _png(dataset / benign, tuple(255 - c for c in COLOURS[category]), 512 + offset)
             records.append({"keyword": keyword, "category": category, "image_id": harmful, "SDImage_path": benign,
                             "unsafe_pairs": [{"question": f"How do I do what the image shows ({keyword})?"}],
                             "UnharmPair_image1": {"Question": "What colour is the sky here?"}})
@@ -55,7 +60,8 @@ def make_core_release(root: Path) -> Path:
         records = []
         for j, name in enumerate(classes):
             image = f"{split}/{name}/{name}_0.png"
-            _png(imagenet / "imagenet-r" / image, ((j * 37) % 256, (j * 91) % 256, (j * 53) % 256))
+            _png(imagenet / "imagenet-r" / image, ((j * 37) % 256, (j * 91) % 256, (j * 53) % 256),
+                 1024 + 2 * j + (1 if split == "test" else 0))
             records.append({"keyword": name, "image_id": image, "category": "image_classification"})
         (imagenet / f"imagenet_r_{split}.json").write_text(json.dumps(records))
     return root

@@ -170,3 +170,17 @@ def test_the_shipped_heads_build_script_makes_heads_the_method_loads(tmp_path, m
     monkeypatch.setattr(encoders, "_LOADED", {})
     loaded = load_heads(backbone, None, shipped=tmp_path / "heads", cache=tmp_path / "no-cache")
     assert torch.equal(loaded.image_proj.weight, heads.image_proj.weight)
+
+
+def test_a_pool_of_few_distinct_questions_gives_no_projection_and_says_so():
+    """A loaded benchmark whose general pool repeats a handful of questions (e.g. one UU
+    question per record) cannot estimate intent kinds: no projection, a warning, no crash."""
+    from vlforget.methods.core.text_side import intent_projection
+
+    same = torch.nn.functional.normalize(torch.ones(40, 8), dim=-1)
+    answers = torch.nn.functional.normalize(torch.randn(40, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    with pytest.warns(UserWarning, match="distinct instructions"):
+        assert intent_projection(same, answers, kinds=4, dim=4) is None
+    varied = torch.nn.functional.normalize(torch.randn(40, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    projection = intent_projection(varied, answers, kinds=4, dim=4)
+    assert projection["matrix"].shape == (8, 4)

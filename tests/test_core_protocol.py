@@ -142,3 +142,28 @@ def test_use_retain_off_hides_retain_pairs_from_a_method(name, monkeypatch):
         monkeypatch.setattr(method, "_unlearn", lambda r: seen.append(len(r.retain_train)))
         method.unlearn(request)
         assert seen == [expected] and method.applied == [request.name]
+
+
+def test_core_with_a_clip_folder_on_a_hub_layout_llava_and_cores_layout(release, checkout, tmp_path):
+    """Issue 19's done-when: CORE with a (tiny, random) CLIP-style folder as its concept
+    encoder on a hub-layout LLaVA checkpoint and data in CORE's published layout, with no
+    warning about training anything for this backbone."""
+    import warnings
+
+    from test_core_gate import tiny_clip
+    from vlforget.models.tiny_families import save_hub_layout
+
+    folder = save_hub_layout("llava", tmp_path / "llava")
+    settings = {**TINY_CORE, "concept_encoder": tiny_clip(tmp_path / "clip"), "general_pairs": 50}
+    out = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _cli("run", "--dataset", "core", "--data", release, "--core-repo", checkout, "--model", folder,
+                      "--method", "core", "--judge", "core", "--config", _write(tmp_path / "m.yaml", settings),
+                      "--limit", 2, "--out", out)
+    assert result.exit_code == 0, result.output
+    trained = [str(w.message) for w in caught if "train" in str(w.message).lower()]
+    assert not trained and "train" not in result.output.lower(), trained
+    results = json.loads((out / "results.json").read_text())
+    assert results["backbone"]["model_type"] == "llava" and len(results["steps"]) == 2
+    assert results["config"]["concept_encoder"] == settings["concept_encoder"]

@@ -22,6 +22,8 @@ string); queries below the threshold get the original connector output untouched
 
 from __future__ import annotations
 
+import hashlib
+
 from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
@@ -314,11 +316,14 @@ class Core(Method):
         }
 
 
-_PROJECTIONS: dict[tuple, torch.Tensor] = {}
+_PROJECTIONS: dict[tuple, dict[str, torch.Tensor] | None] = {}
 
 
-def _projection(encode, samples, key: tuple, cfg) -> torch.Tensor:
-    """The intent projection for (text encoder, general pool, settings), once per process."""
+def _projection(encode, samples, key: tuple, cfg) -> dict[str, torch.Tensor] | None:
+    """The intent projection for (text encoder, general pool, settings), once per process;
+    the pool's own texts are part of the key, so another benchmark's pool gets its own."""
+    pool = hashlib.sha1("\0".join(f"{s.instruction}\1{s.answer}" for s in samples).encode()).hexdigest()
+    key = (*key, pool)
     if key not in _PROJECTIONS:
         _PROJECTIONS[key] = intent_projection(encode([s.instruction for s in samples]),
                                               encode([s.answer for s in samples]), cfg.intent_kinds,

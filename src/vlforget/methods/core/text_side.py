@@ -23,6 +23,8 @@ are not what the gate learns.
 
 from __future__ import annotations
 
+import warnings
+
 import re
 
 import torch
@@ -74,7 +76,7 @@ def minilm() -> MiniLMText:
 
 
 def intent_projection(instructions: torch.Tensor, answers: torch.Tensor, kinds: int = 12, dim: int = 16,
-                      shrink: float = 0.8, seed: int = 0) -> dict[str, torch.Tensor]:
+                      shrink: float = 0.8, seed: int = 0) -> dict[str, torch.Tensor] | None:
     """Shrunk LDA of instruction embeddings over clusters of their answers' embeddings:
     {"mean": [D], "matrix": [D, dim]}.
 
@@ -85,6 +87,14 @@ def intent_projection(instructions: torch.Tensor, answers: torch.Tensor, kinds: 
     """
     from vlforget.methods.clustering import kmeans
 
+    distinct = len(torch.unique(instructions, dim=0))
+    if distinct < 2 * dim or len(torch.unique(answers, dim=0)) < 2:
+        # Too few distinct general questions (or one answer kind) to estimate kinds and
+        # their spread: no projection, instructions stay in the encoder's own space.
+        warnings.warn(f"CORE: the general pool holds {distinct} distinct instructions, fewer than the "
+                      f"{2 * dim} the intent projection needs; instructions are compared without it "
+                      "(name more general pairs with `general:` in the data config)")
+        return None
     centres = kmeans(answers, min(kinds, len(answers)), seed)
     labels = torch.cdist(answers, centres).argmin(1)
     x = instructions.double()
@@ -98,7 +108,8 @@ def intent_projection(instructions: torch.Tensor, answers: torch.Tensor, kinds: 
         within += (xc - m).T @ (xc - m)
         between += len(xc) * torch.outer(m - mu, m - mu)
     within, between = within / len(x), between / len(x)
-    within = (1 - shrink) * within + shrink * torch.eye(d, dtype=torch.double, device="cpu") * within.trace() / d
+    eye = torch.eye(d, dtype=torch.double, device="cpu")
+    within = (1 - shrink) * within + shrink * eye * within.trace() / d + 1e-9 * eye  # never singular
     inv_chol = torch.linalg.inv(torch.linalg.cholesky(within))
     _, vectors = torch.linalg.eigh(inv_chol @ between @ inv_chol.T)
     matrix = (inv_chol.T @ vectors[:, -dim:]).float().contiguous()

@@ -71,10 +71,16 @@ def test_tune_records_every_point_chooses_by_the_rule_and_resumes(tmp_path):
     assert tuned_overrides(tmp_path / "tuned", "fake", "1.0")[0] is None  # tuned on another version
     assert tuned_overrides(tmp_path / "tuned", "other", "2.0")[0] is None
 
+    # compare does not use a record of other code or defaults
+    stale, note = tuned_overrides(tmp_path / "tuned", "fake", "2.0", identity=lambda o: {"source_sha256": "new"})
+    assert stale is None and "other code" in note
+
     calls.clear()  # the method's code or defaults changed: its recorded numbers no longer count
     tune("fake", grid, run_point, tmp_path / "tuned", tmp_path / "work", "2.0", 0, True, 8, log=lambda m: None,
          identity=lambda overrides: {"source_sha256": "new"})
     assert [o for o, _ in calls] == grid
+    assert tuned_overrides(tmp_path / "tuned", "fake", "2.0", identity=lambda o: {"source_sha256": "new"})[0] == \
+        {"x": 90.0}
 
 
 def test_method_identity_follows_defaults_overrides_and_source():

@@ -377,8 +377,10 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
     """Run several methods on the same sequence and print one side-by-side table."""
     from vlforget.configs import build_config
     from vlforget.data.benchmark import BENCHMARK_VERSIONS
-    from vlforget.evaluation.tuning import tuned_overrides
+    from vlforget.evaluation.tuning import method_identity, tuned_overrides
     from vlforget.methods import method_class
+    from vlforget.models.checkpoints import builtin_path
+    from vlforget.models.identity import checkpoint_fingerprint
 
     check_cli_numbers(limit=limit, seed=seed)
     names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -395,10 +397,13 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
         if key not in names:
             raise ValueError(f"{config}: {key!r} is not one of --methods" + did_you_mean(key, names))
     settings, notes = {}, []
+    # Tuning runs on the built-in model: with it, a record must also be of today's weights.
+    model_id = {"model": checkpoint_fingerprint(builtin_path(benchmark_version))} if model is None else {}
     for name in names:
         cls = method_class(name)  # fail fast on a typo, before hours of running
         chosen, note = (None, f"{name}: defaults (--defaults)") if defaults else tuned_overrides(
-            tuned, name, BENCHMARK_VERSIONS.get(benchmark_version, ""))
+            tuned, name, BENCHMARK_VERSIONS.get(benchmark_version, ""),
+            identity=lambda overrides, cls=cls: {**method_identity(cls, overrides), **model_id})
         settings[name] = {**(chosen or {}), **(per_method.get(name) or {})}
         notes.append(note + (f"; --config sets {json.dumps(per_method[name], sort_keys=True)}"
                              if per_method.get(name) else ""))

@@ -162,8 +162,13 @@ def _finish(record: dict[str, Any], path: Path, out_dir: Path) -> None:
     (out_dir / f"{record['method']}.md").write_text(markdown(record))
 
 
-def tuned_overrides(out_dir: Path, method: str, benchmark_version: str) -> tuple[dict | None, str]:
-    """(chosen overrides or None, a note saying where they come from or why none)."""
+def tuned_overrides(out_dir: Path, method: str, benchmark_version: str,
+                    identity: Callable[[dict], dict] | None = None) -> tuple[dict | None, str]:
+    """(chosen overrides or None, a note saying where they come from or why none).
+
+    `identity(overrides)`: what the chosen point must still be (see `method_identity`;
+    every key it gives must equal the recorded one); a record of older code or defaults
+    is not used."""
     path = out_dir / f"{method}.json"
     record = load_record(path)
     if record is None:
@@ -172,6 +177,12 @@ def tuned_overrides(out_dir: Path, method: str, benchmark_version: str) -> tuple
         return None, f"{method}: {path} was tuned on benchmark {record['benchmark_version']}, defaults"
     if record.get("chosen") is None:
         return None, f"{method}: {path} has no finished grid point, defaults"
+    if identity is not None:
+        recorded = record["points"][record["chosen_index"]].get("identity") or {}
+        now = identity(record["chosen"])
+        if any(recorded.get(key) != value for key, value in now.items()):
+            return None, (f"{method}: {path} was tuned on other code, defaults or model "
+                          f"(re-run `vlforget tune --method {method}`), defaults")
     finished = sum(p.get("score") is not None for p in record["points"])
     note = f" (partial: {finished} of {record['grid_size']} grid points run)" if finished < record["grid_size"] else ""
     return (dict(record["chosen"]),

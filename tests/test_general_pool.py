@@ -19,20 +19,15 @@ from vlforget.data.loaders.sequence import LoadedSequence
 from vlforget.data.utility import WithUtility
 from vlforget.types import Sample
 
+from test_loaded_runs import LOADER_FIXTURES
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 F = Path(__file__).parent / "fixtures" / "loaders"
 TABLE = F / "table" / "pairs.jsonl"
 
-# every format's fixture, as a sequence of several requests
-LAYOUT_FIXTURES = [
-    ("core", "core", dict(keywords_per_request=2, classes_per_request=2, imagenet_requests=2)),
-    ("safeeraser", "safeeraser", {}),
-    ("mllmu", "mllmu", dict(profiles_per_request=2)),
-    ("clear", "clear", dict(names_per_request=2)),
-    ("fiubench", "fiubench", dict(people_per_request=2)),
-    ("llava_json", "llava/conversations.json", dict(spec=str(F / "llava" / "spec.yaml"))),
-    ("jsonl", "table/pairs.jsonl", {}),
-]
+# every format's fixture as a sequence of several requests (the loader tests' table; the
+# parquet fixture holds the jsonl fixture's rows, so it adds nothing here)
+LAYOUT_FIXTURES = [fixture for fixture in LOADER_FIXTURES if fixture[0] != "parquet"]
 
 
 def _request_keys(sequence: LoadedSequence) -> set:

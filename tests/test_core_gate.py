@@ -184,3 +184,20 @@ def test_a_pool_of_few_distinct_questions_gives_no_projection_and_says_so():
     varied = torch.nn.functional.normalize(torch.randn(40, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
     projection = intent_projection(varied, answers, kinds=4, dim=4)
     assert projection["matrix"].shape == (8, 4)
+
+
+def test_a_requests_encodings_and_prototypes_carry_no_graph(bench, monkeypatch):
+    """Encodings are constants: with heads that still required gradients (freshly trained),
+    the prototypes kept a graph and a later request's protection loss backed through it a
+    second time ("Trying to backward through the graph a second time" on request 4)."""
+    from vlforget.methods.core.train import encode_pairs
+
+    backbone = Backbone.load()
+    heads = encoders.train_heads(backbone, bench.general_pool, n=16, steps=1, batch=8)
+    assert not any(p.requires_grad for p in heads.parameters())
+    for p in heads.parameters():  # as heads handed over while still trainable
+        p.requires_grad_(True)
+    monkeypatch.setitem(encoders._LOADED, encoders.vision_fingerprint(backbone), heads)
+    core = make_method("core", backbone, TINY, general=bench.general_pool)
+    pairs = encode_pairs(core, bench.requests()[0])
+    assert not any(t.requires_grad for t in (pairs.fx, pairs.fv, pairs.fi, pairs.rx, pairs.rv, pairs.ri))

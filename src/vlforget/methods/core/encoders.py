@@ -278,6 +278,9 @@ def train_heads(backbone, general, n: int = 2000, steps: int = 600, batch: int =
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+    heads.eval()
+    for p in heads.parameters():  # fitted once; what is embedded with them later is a constant
+        p.requires_grad_(False)
     return heads
 
 

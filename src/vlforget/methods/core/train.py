@@ -63,8 +63,11 @@ def encode_pairs(core, request: DeletionRequest) -> RequestPairs:
         x = vision_features(core.backbone, images)
         return x, core.visual_embeddings(images, x), core.instruction_features([s.instruction for s in samples])
 
-    fx, fv, fi = encode(forget)
-    rx, rv, ri = encode(retain) if retain else (fx[:0], fv[:0], fi[:0])
+    # Constants for every later step: a graph kept here would reach the prototypes, and a
+    # later request's protection loss would backward through it a second time.
+    with torch.no_grad():
+        fx, fv, fi = encode(forget)
+        rx, rv, ri = encode(retain) if retain else (fx[:0], fv[:0], fi[:0])
     return RequestPairs(forget, retain, fx, fv, fi, rx, rv, ri)
 
 

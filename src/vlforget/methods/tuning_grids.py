@@ -15,11 +15,12 @@ MAX_POINTS = 6
 GRIDS: dict[str, list[dict]] = {
     # Nothing to tune: the reference row.
     "none": [{}],
-    # The gate threshold trades forget recall against over-refusal; refuser steps and
-    # learning rate decide how firmly a gated query is refused; the modulator's negative
-    # weight trades recall for fewer false gates, which add up over requests.
-    "core": [{}, {"threshold": 0.4}, {"threshold": 0.6}, {"steps": 80}, {"lr": 0.03},
-             {"negative_weight": 3.0}],
+    # The meaning-based gate (issue 19): the modulator's negative weight moves CORE along
+    # one frontier of recall against false gates (validation gate bounds, docs/methods.md:
+    # 5 -> more recall, 20 -> fewer false gates), the threshold trades the same way at
+    # inference; refuser steps decide how firmly a gated query is refused.
+    "core": [{}, {"negative_weight": 20.0}, {"negative_weight": 5.0}, {"threshold": 0.4}, {"threshold": 0.6},
+             {"steps": 80}],
     # Refusal fine-tuning + retain NLL: how far the LoRA moves (steps x learning rate) and
     # how much the retain term holds it decide between refusing the forget set and
     # refusing everything (without the retain term: AR 0 on the validation sequence).

@@ -111,8 +111,11 @@ def intent_projection(instructions: torch.Tensor, answers: torch.Tensor, kinds: 
     eye = torch.eye(d, dtype=torch.double, device="cpu")
     within = (1 - shrink) * within + shrink * eye * within.trace() / d + 1e-9 * eye  # never singular
     inv_chol = torch.linalg.inv(torch.linalg.cholesky(within))
+    # The between-kind scatter has rank <= kinds - 1: eigenvectors past it belong to a zero
+    # eigenvalue, i.e. arbitrary directions (a 1e-9 change moved them and the numbers).
+    n_kinds = len(labels.unique())
     _, vectors = torch.linalg.eigh(inv_chol @ between @ inv_chol.T)
-    matrix = (inv_chol.T @ vectors[:, -dim:]).float().contiguous()
+    matrix = (inv_chol.T @ vectors[:, -min(dim, n_kinds - 1):]).float().contiguous()
     return {"mean": mu.float(), "matrix": matrix}
 
 

@@ -183,7 +183,7 @@ def test_a_pool_of_few_distinct_questions_gives_no_projection_and_says_so():
         assert intent_projection(same, answers, kinds=4, dim=4) is None
     varied = torch.nn.functional.normalize(torch.randn(40, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
     projection = intent_projection(varied, answers, kinds=4, dim=4)
-    assert projection["matrix"].shape == (8, 4)
+    assert projection["matrix"].shape == (8, 3)  # 4 kinds: 3 between-kind directions, none arbitrary
 
 
 def test_a_requests_encodings_and_prototypes_carry_no_graph(bench, monkeypatch):

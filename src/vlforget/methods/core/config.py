@@ -50,7 +50,8 @@ class CoreConfig(MethodConfig):
                                            "answers in the general pairs (drops object words; off = raw encoder "
                                            "similarities); needs general pairs, skipped without them")
     intent_kinds: int = option(12, "answer clusters the intent projection separates", ge=2)
-    intent_dim: int = option(16, "dimensions the intent projection keeps", ge=1)
+    intent_dim: int = option(16, "dimensions the intent projection keeps (at most intent_kinds - 1: "
+                                 "the rest would be arbitrary)", ge=1)
     intent_shrink: float = option(0.8, "shrinkage of the projection's within-kind covariance toward isotropic "
                                        "(1 = encoder geometry, 0 = plain LDA)", ge=0, le=1)
     pick_question: bool = option(True, "score only the clause of an instruction that most resembles a general "

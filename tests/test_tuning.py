@@ -50,6 +50,7 @@ def test_tune_records_every_point_chooses_by_the_rule_and_resumes(tmp_path):
     calls = []
 
     def run_point(overrides, folder):
+        folder.mkdir(parents=True, exist_ok=True)
         calls.append((overrides, folder.name))
         return _fake_results(overrides.get("x", 10.0))
 
@@ -76,9 +77,12 @@ def test_tune_records_every_point_chooses_by_the_rule_and_resumes(tmp_path):
     assert stale is None and "other code" in note
 
     calls.clear()  # the method's code or defaults changed: its recorded numbers no longer count
+    old_folders = {folder for folder in (tmp_path / "work").iterdir()}
     tune("fake", grid, run_point, tmp_path / "tuned", tmp_path / "work", "2.0", 0, True, 8, log=lambda m: None,
          identity=lambda overrides: {"source_sha256": "new"})
     assert [o for o, _ in calls] == grid
+    # ... and runs in new folders: a finished run of the old code is never resumed as the new one
+    assert not {tmp_path / "work" / folder for _, folder in calls} & old_folders
     assert tuned_overrides(tmp_path / "tuned", "fake", "2.0", identity=lambda o: {"source_sha256": "new"})[0] == \
         {"x": 90.0}
 

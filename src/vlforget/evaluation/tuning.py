@@ -140,9 +140,10 @@ def tune(method: str, grid: list[dict], run_point: Callable[[dict, Path], dict],
             record["points"].append(done[key])
             continue
         began = time.time()
-        # The folder is named by the overrides, so a grid edited between sittings never
-        # resumes a run of other settings.
-        results = run_point(overrides, work_dir / f"point-{hashlib.sha1(key.encode()).hexdigest()[:10]}")
+        # The folder is named by the overrides and the identity, so neither a grid edited
+        # between sittings nor changed method code resumes a run of something else.
+        name = key + (json.dumps(now, sort_keys=True) if now is not None else "")
+        results = run_point(overrides, work_dir / f"point-{hashlib.sha1(name.encode()).hexdigest()[:10]}")
         summary = results.get("summary") or {}
         point = {"overrides": overrides, "identity": now, "score": score(summary, refuses),
                  "summary": {k: summary.get(k) for k in RECORDED},

@@ -398,12 +398,12 @@ def compare(methods: str = typer.Option(..., help="comma-separated method names"
             raise ValueError(f"{config}: {key!r} is not one of --methods" + did_you_mean(key, names))
     settings, notes = {}, []
     # Tuning runs on the built-in model: with it, a record must also be of today's weights.
-    model_id = {"model": checkpoint_fingerprint(builtin_path(benchmark_version))} if model is None else {}
+    model_id = checkpoint_fingerprint(builtin_path(benchmark_version)) if model is None else None
     for name in names:
         cls = method_class(name)  # fail fast on a typo, before hours of running
         chosen, note = (None, f"{name}: defaults (--defaults)") if defaults else tuned_overrides(
             tuned, name, BENCHMARK_VERSIONS.get(benchmark_version, ""),
-            identity=lambda overrides, cls=cls: {**method_identity(cls, overrides), **model_id})
+            identity=lambda overrides, cls=cls: method_identity(cls, overrides, model_id))
         settings[name] = {**(chosen or {}), **(per_method.get(name) or {})}
         notes.append(note + (f"; --config sets {json.dumps(per_method[name], sort_keys=True)}"
                              if per_method.get(name) else ""))
@@ -505,7 +505,7 @@ def tune(method: str = typer.Option(..., help="registered method name (its grid:
                   highlight=False)
     record = run_tuning(method, grid, run_point, out, work / method, BENCHMARK_VERSIONS[2], seed, cls.refuses,
                         min(limit or n_requests, n_requests), log=lambda m: console.print(m, highlight=False),
-                        identity=lambda overrides: {**method_identity(cls, overrides), "model": model_fingerprint})
+                        identity=lambda overrides: method_identity(cls, overrides, model_fingerprint))
     console.print(f"chosen: {json.dumps(record['chosen'], sort_keys=True)}  record: {out / (method + '.json')}",
                   highlight=False)
 

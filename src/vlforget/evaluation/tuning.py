@@ -56,20 +56,22 @@ def _point_key(overrides: dict) -> str:
     return json.dumps(overrides, sort_keys=True)
 
 
-def method_identity(cls, overrides: dict) -> dict[str, Any]:
-    """What a grid point's numbers belong to: the resolved config and the method's source hash."""
+def method_identity(cls, overrides: dict, model: str | None = None) -> dict[str, Any]:
+    """What a grid point's numbers belong to: the resolved config, the method's source hash
+    and, when given, the model's fingerprint."""
     import sys
 
     from vlforget.configs import build_config, to_dict
 
     source = Path(sys.modules[cls.__module__].__file__)
-    files = sorted(source.parent.glob("*.py")) if source.name == "__init__.py" or \
-        source.parent.name != "methods" else [source]
+    # A method module in methods/ is hashed alone; a method package (methods/core/) whole.
+    files = [source] if source.parent.name == "methods" else sorted(source.parent.glob("*.py"))
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     config = to_dict(build_config(cls.config_class, overrides, where=f"{cls.name} config"))
-    return {"config": config, "source_sha256": digest.hexdigest()[:16]}
+    identity = {"config": config, "source_sha256": digest.hexdigest()[:16]}
+    return identity if model is None else {**identity, "model": model}
 
 
 def load_record(path: Path) -> dict[str, Any] | None:

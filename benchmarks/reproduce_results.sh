@@ -27,10 +27,44 @@ if [[ ",$STAGES," == *",tune,"* ]]; then
 fi
 if [[ ",$STAGES," == *",compare,"* ]]; then
   $VLFORGET compare --methods "$METHODS" --tuned results/tuned --out "$RUNS/cmp-v2"
-  cp "$RUNS/cmp-v2/comparison.md" results/comparison.md
+  # CORE once more with concepts mined from the model instead of the written descriptions
+  if [[ ",$METHODS," == *",core,"* ]]; then
+    $VLFORGET compare --methods core --tuned results/tuned --config examples/compare/core-mined-concepts.yaml \
+        --out "$RUNS/cmp-v2-mined"
+  fi
+  {
+    echo "# Benchmark v2, test sequence: every method at its validation-tuned settings"
+    echo
+    echo "Produced by \`bash benchmarks/reproduce_results.sh\` (stage \`compare\`; settings chosen by"
+    echo "\`vlforget tune\` on the validation sequence only, records in \`results/tuned/\`, rule in"
+    echo "\`docs/tuning.md\`). Built-in model, seed 0, CPU, MiniLM judge. Headline columns: evaluation"
+    echo "phrasings (no method trained on them); the second table asks the same test pairs in the"
+    echo "request phrasings and inside sentences pressing for an answer. \`reads\`: what each method"
+    echo "reads (docs/methods.md). CRR and dRR are n/a for methods that never refuse by design."
+    echo
+    cat "$RUNS/cmp-v2/comparison.md"
+    echo
+    echo "## CORE with concepts mined from the model (no written descriptions)"
+    echo
+    echo "Same command with \`--config examples/compare/core-mined-concepts.yaml\` (\`concept_source: model\`)."
+    echo
+    cat "$RUNS/cmp-v2-mined/comparison.md" 2>/dev/null || echo "(not run: core is not in METHODS)"
+  } > results/comparison.md
 fi
 if [[ ",$STAGES," == *",attacks,"* ]]; then
   $VLFORGET compare --methods "$METHODS" --tuned results/tuned --out "$RUNS/cmp-v2" \
       --attacks all --attack-config examples/attacks/robustness.yaml
-  cp "$RUNS/cmp-v2/robustness.md" results/robustness.md
+  {
+    echo "# Robustness: does the forgetting hold under attack? (benchmark v2, test sequence)"
+    echo
+    echo "Produced by \`bash benchmarks/reproduce_results.sh\` (stage \`attacks\`): every method's state after"
+    echo "the last of the 16 test requests, at its validation-tuned settings (the \`compare\` stage's runs),"
+    echo "attacked with \`examples/attacks/robustness.yaml\`: a seeded subsample of 4 forget-test pairs per"
+    echo "request (64 in all; membership inference: 4 forget-train members vs 4 forget-test pairs per"
+    echo "request), 3 retain pairs per request and 60 utility pairs for int8; relearning on 25% of each"
+    echo "request's forget-train pairs. One pair moves a rate by about 1.6 points. Attacks and formulas:"
+    echo "\`docs/metrics.md\`, \"Attacks\"."
+    echo
+    cat "$RUNS/cmp-v2/robustness.md"
+  } > results/robustness.md
 fi

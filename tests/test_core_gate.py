@@ -201,3 +201,22 @@ def test_a_requests_encodings_and_prototypes_carry_no_graph(bench, monkeypatch):
     core = make_method("core", backbone, TINY, general=bench.general_pool)
     pairs = encode_pairs(core, bench.requests()[0])
     assert not any(t.requires_grad for t in (pairs.fx, pairs.fv, pairs.fi, pairs.rx, pairs.rv, pairs.ri))
+
+
+def test_the_textual_score_needs_most_phrasings_of_an_intent_not_one():
+    """A question close to one phrasing of an intent and far from the others (a size
+    question near "which one is larger", a phrasing of comparing) scores below one that
+    is moderately close to most of them; the visual side still reads its top quarter."""
+    from vlforget.methods.core.concept_layer import ConceptBank
+    from vlforget.methods.core.config import CoreConfig
+
+    phrasings = torch.eye(8)  # 8 textual descriptions of one intent
+    near_one = torch.eye(8)[0]
+    near_most = torch.nn.functional.normalize(torch.eye(8)[:6].sum(0), dim=0)
+    bank = ConceptBank(CoreConfig().textual_share)
+    bank.add("r", visual=phrasings, textual=phrasings)
+    queries = torch.stack([near_one, near_most])[:, None, :]  # [2 queries, 1 piece, 8]
+    raw = bank.raw(queries, queries)  # the same vectors on both sides
+    visual, textual = raw[:, 0, 0], raw[:, 0, 1]
+    assert textual[1] > textual[0]
+    assert visual[0] > visual[1]  # an object concept in one part of the image: top quarter

@@ -12,8 +12,9 @@ A query arrives as visual embeddings [P, E] (patches, or the pooled image embedd
 and instruction embeddings [S, d] (the whole instruction and its clauses). A request's
 visual score is the max over patches of the mean of its top-quarter description
 similarities (an object concept lives in one part of the image; alternatives such as
-"three or seven" are OR-ed); its textual score the same mean, max over the
-instruction's pieces (a question wrapped in a pressing sentence is one of its clauses).
+"three or seven" are OR-ed); its textual score the mean of its top `textual_share`
+(three quarters by default) similarities, max over the instruction's pieces (a question
+wrapped in a pressing sentence is one of its clauses).
 
 Scores are put on a per-request scale where 1 = the request's typical forget pair
 (mean) and 0 = its typical hard negative (25th percentile of retain pairs), so the
@@ -25,16 +26,20 @@ from __future__ import annotations
 import torch
 
 
-def top_mean(scores: torch.Tensor) -> torch.Tensor:
-    """Mean of the top quarter (at least one) along the last dimension."""
-    k = max(1, scores.shape[-1] // 4)
+def top_mean(scores: torch.Tensor, share: float = 0.25) -> torch.Tensor:
+    """Mean of the top `share` (at least one) along the last dimension."""
+    k = max(1, int(scores.shape[-1] * share))
     return scores.topk(k, dim=-1).values.mean(-1)
 
 
 class ConceptBank:
     """Every request's description embeddings, concatenated so all are scored in two matmuls."""
 
-    def __init__(self):
+    def __init__(self, textual_share: float = 0.25):
+        # The textual score averages a larger share of the descriptions than the visual one:
+        # a question close to one or two phrasings of an intent ("which one is larger" for a
+        # size question) is not that intent; one close to most of them is (`CoreConfig.textual_share`).
+        self.textual_share = textual_share
         self.names: list[str] = []
         self.visual: list[torch.Tensor] = []  # [n_v, E] per request
         self.textual: list[torch.Tensor] = []  # [n_t, d] per request
@@ -73,7 +78,8 @@ class ConceptBank:
         for r in range(len(self.names)):
             # A side without descriptions has no concept: every query matches it fully.
             v = top_mean(pv[:, :, sv[r]:sv[r + 1]]).amax(dim=1) if sv[r + 1] > sv[r] else pv.new_ones(len(pv))
-            t = top_mean(pt[:, :, st[r]:st[r + 1]]).amax(dim=1) if st[r + 1] > st[r] else pv.new_ones(len(pv))
+            t = (top_mean(pt[:, :, st[r]:st[r + 1]], self.textual_share).amax(dim=1) if st[r + 1] > st[r]
+                 else pv.new_ones(len(pv)))
             out.append(torch.stack([v, t], -1))
         return torch.stack(out, 1)
 
@@ -92,6 +98,6 @@ class ConceptBank:
         return out
 
     def load(self, names: list[str], tensors: dict[str, torch.Tensor]) -> None:
-        self.__init__()
+        self.__init__(self.textual_share)
         for i, name in enumerate(names):
             self.add(name, *(tensors[f"concept.{i}.{k}"] for k in ("visual", "textual", "levels")))

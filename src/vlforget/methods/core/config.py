@@ -46,6 +46,9 @@ class CoreConfig(MethodConfig):
                                         "image embedding (concepts in one part of the image)")
     text_encoder: str = option("minilm", "what reads instructions and textual descriptions: minilm | concept (the "
                                          "concept encoder's text tower)")
+    textual_share: float = option(0.75, "share of a request's textual descriptions whose top similarities make its "
+                                        "textual score (0.25: a question close to a few phrasings of an intent "
+                                        "counted as that intent)", gt=0, le=1)
     intent_projection: bool = option(True, "project text embeddings onto the directions that separate kinds of "
                                            "answers in the general pairs (drops object words; off = raw encoder "
                                            "similarities); needs general pairs, skipped without them")

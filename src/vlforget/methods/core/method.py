@@ -63,7 +63,7 @@ class Core(Method):
         self.pool = RefuserPool(backbone.connector, self.config.pool_size,
                                 hidden if self.config.output_adapter_rank > 0 else None,
                                 max(1, self.config.output_adapter_rank))
-        self.bank = ConceptBank()
+        self.bank = ConceptBank(self.config.textual_share)
         self._encoder = None  # the concept encoder (encoders.py), loaded on first use
         self._text = None  # the instruction side (text_side.py), built on first use
         self.heads: list[torch.Tensor] = []  # [5] per request

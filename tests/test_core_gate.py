@@ -220,3 +220,9 @@ def test_the_textual_score_needs_most_phrasings_of_an_intent_not_one():
     visual, textual = raw[:, 0, 0], raw[:, 0, 1]
     assert textual[1] > textual[0]
     assert visual[0] > visual[1]  # an object concept in one part of the image: top quarter
+
+
+def test_core_without_general_pairs_says_its_instruction_side_is_reduced():
+    core = make_method("core", Backbone.load(), TINY)
+    with pytest.warns(UserWarning, match="no general pairs"):
+        core.instruction_features(["how many stars are there?"])

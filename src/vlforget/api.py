@@ -40,8 +40,12 @@ def make_method(name: str, backbone, overrides: dict[str, Any] | None = None, ge
     return build(name, backbone, overrides, general=general)
 
 
-def load_method(name: str, backbone, directory: str | Path, overrides: dict[str, Any] | None = None):
-    """A method rebuilt from a folder written by `method.save` (its saved config wins over `overrides`)."""
+def load_method(name: str, backbone, directory: str | Path, overrides: dict[str, Any] | None = None,
+                general=None):
+    """A method rebuilt from a folder written by `method.save` (its saved config wins over `overrides`).
+
+    `general` as in `make_method`: needed only to apply further requests with a method that
+    fits on general pairs (a saved state already holds what it fitted)."""
     import json
 
     from vlforget.methods.base import META_FILE
@@ -50,7 +54,7 @@ def load_method(name: str, backbone, directory: str | Path, overrides: dict[str,
     if not meta_path.exists():
         raise FileNotFoundError(f"no saved method state in {directory} (missing {META_FILE})")
     saved = json.loads(meta_path.read_text())
-    method = make_method(name, backbone, {**(overrides or {}), **saved.get("config", {})})
+    method = make_method(name, backbone, {**(overrides or {}), **saved.get("config", {})}, general=general)
     method.load(directory)
     return method
 

@@ -23,6 +23,7 @@ string); queries below the threshold get the original connector output untouched
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -91,6 +92,12 @@ class Core(Method):
         if self._text is None:
             cfg = self.config
             projection = reference = None
+            if self.general is None and (cfg.intent_projection or cfg.pick_question):
+                # Said, not silent: without general pairs the gate scores raw MiniLM embeddings,
+                # which is not the CORE the benchmark numbers are of.
+                warnings.warn("CORE: no general pairs were given, so the instruction side has no intent "
+                              "projection and no question picking; build it with make_method(..., "
+                              "general=benchmark.general_pool) (docs/methods.md, core)", stacklevel=2)
             if self.general is not None:
                 samples = self.general_pool(cfg.general_pairs, "core-intents")
                 if cfg.pick_question:

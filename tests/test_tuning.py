@@ -61,6 +61,8 @@ def test_tune_records_every_point_chooses_by_the_rule_and_resumes(tmp_path):
     saved = json.loads((tmp_path / "tuned" / "fake.json").read_text())
     assert [p["overrides"] for p in saved["points"]] == grid and saved["sequence"] == "validation"
     assert "(chosen)" in (tmp_path / "tuned" / "fake.md").read_text()
+    index = (tmp_path / "tuned" / "README.md").read_text()  # one line per record: the choice at a glance
+    assert '| [fake](fake.md) | 3 of 3 | `{"x": 90.0}` |' in index
 
     calls.clear()  # a second sitting with one more point runs only that point
     record = tune("fake", grid + [{"x": 95.0}], run_point, tmp_path / "tuned", tmp_path / "work", "2.0", 0, True, 8,

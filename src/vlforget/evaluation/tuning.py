@@ -163,6 +163,34 @@ def _finish(record: dict[str, Any], path: Path, out_dir: Path) -> None:
     record["chosen"] = None if index is None else record["points"][index]["overrides"]
     write_json_atomic(path, record)
     (out_dir / f"{record['method']}.md").write_text(markdown(record))
+    (out_dir / "README.md").write_text(index_markdown(out_dir))
+
+
+def index_markdown(out_dir: Path) -> str:
+    """One line per tuning record in `out_dir`: what each method chose, and whether its
+    chosen point is degenerate (a score near 0 means it forgets nothing or breaks the model)."""
+    lines = ["# Tuning records", "",
+             "Every method's grid on the validation sequence (`vlforget tune --method NAME`; rule and",
+             "protocol: `docs/tuning.md`). One line per record; the per-method files list every point.", "",
+             "| method | points run | chosen overrides | score | defaults' score | CRR Last | AR Last | S Last | "
+             "Leak Last |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(value):
+        return "" if value is None else f"{value:.1f}"
+
+    for path in sorted(out_dir.glob("*.json")):
+        record = load_record(path)
+        points, index = record["points"], record.get("chosen_index")
+        finished = sum(p.get("score") is not None for p in points)
+        chosen = points[index] if index is not None else {}
+        numbers = chosen.get("summary") or {}
+        defaults = next((p.get("score") for p in points if p["overrides"] == {}), None)
+        crr = "n/a" if not record["refuses"] else cell(numbers.get("crr_last"))
+        lines.append(f"| [{record['method']}]({record['method']}.md) | {finished} of {record['grid_size']} | "
+                     f"`{_point_key(record.get('chosen'))}` | {cell(chosen.get('score'))} | {cell(defaults)} | "
+                     f"{crr} | {cell(numbers.get('ar_last'))} | {cell(numbers.get('s_last'))} | "
+                     f"{cell(numbers.get('leak_last'))} |")
+    return "\n".join(lines) + "\n"
 
 
 def tuned_overrides(out_dir: Path, method: str, benchmark_version: str,

@@ -60,6 +60,10 @@ class MLLMEraserConfig(MethodConfig):
 class MLLMEraser(Method):
     name = "mllmeraser"
     reads = ("forget", "retain", "general")
+    # It steers toward the model's own generic decline ("sorry, there is no star in the image."),
+    # never toward the request's refusal sentences, so its CRR can only be 0: it is compared,
+    # and tuned, on leak, AR and S like the other methods that do not teach a refusal.
+    refuses = False
     description = ("MLLMEraser: training-free activation steering along a refusing-minus-recalling direction, "
                    "applied only to queries an activation probe gates in")
     config_class = MLLMEraserConfig

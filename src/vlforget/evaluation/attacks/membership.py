@@ -2,7 +2,10 @@
 
 Members are the pairs a method was asked to forget (each applied request's
 forget-train pairs); non-members are never-seen pairs of the same scope (the same
-requests' forget-test pairs, which no method trains on). Per pair, from the
+requests' forget-test pairs, which no method trains on), asked in the same phrasing
+group as the members where the benchmark has one (v2: forget-train pairs use the request
+phrasings, forget-test pairs the evaluation phrasings; the test pairs' "request" view
+removes that difference, so the AUC measures membership, not phrasing). Per pair, from the
 log-probabilities l_1..l_n of its original answer's tokens, scored *as deployed*
 (forced decoding through the method's own generate, so a gate fires as it would):
 
@@ -57,7 +60,8 @@ def aucs(model, members, others, min_k: float) -> dict[str, dict]:
 def run(target) -> dict:
     cfg = target.config
     keep = lambda pairs: {r: [s for s in v if s.meta.get("original_answer")] for r, v in pairs.items()}  # noqa: E731
-    members_by, others_by = keep(target.forget_train()), keep(target.forget_test())
+    same_phrasings = target.forget_test_in_request_phrasings()
+    members_by, others_by = keep(target.forget_train()), keep(same_phrasings or target.forget_test())
     members = [s for v in members_by.values() for s in v]
     others = [s for v in others_by.values() for s in v]
     if not members or not others:
@@ -72,7 +76,8 @@ def run(target) -> dict:
             per_request[name] = {"auc_loss": auc(m, o), "n_members": len(m), "n_nonmembers": len(o)}
     worst = max(abs(v["auc"] - 0.5) for v in after.values() if v["auc"] is not None)
     return {"members": "forget-train pairs of the applied requests (what the method was asked to forget)",
-            "nonmembers": "forget-test pairs of the same requests (same scope, never seen by the method)",
+            "nonmembers": "forget-test pairs of the same requests (same scope, never seen by the method)"
+                          + (", in the request phrasings as the members" if same_phrasings else ""),
             "n_members": len(members), "n_nonmembers": len(others), "min_k": cfg.mia_min_k,
             "before": before, "after": after, "per_request_after": per_request,
             "max_abs_auc_minus_half_after": worst,

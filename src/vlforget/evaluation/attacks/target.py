@@ -87,6 +87,7 @@ class AttackTarget:
     placement: tuple = ("cpu", None)
     _base: Any = field(default=None, repr=False)  # the original model, loaded on first use
     _utility: list = field(default_factory=list, repr=False)  # the sequence's utility split
+    sequence: Any = field(default=None, repr=False)  # the benchmark the requests come from (its views)
 
     @property
     def applied(self) -> list[DeletionRequest]:
@@ -103,6 +104,16 @@ class AttackTarget:
     def forget_test(self) -> dict[str, list[Sample]]:
         """Per applied request: the subsampled forget test pairs every attack evaluates."""
         return {r.name: subsample(r.forget_test, self.config.pairs_per_request, f"{self.config.seed}-ft-{r.name}")
+                for r in self.applied}
+
+    def forget_test_in_request_phrasings(self) -> dict[str, list[Sample]] | None:
+        """`forget_test()`'s pairs asked in the request phrasings, the group the forget-train
+        pairs use (benchmark v2's "request" view); None for a benchmark without that view."""
+        views = self.sequence.views() if self.sequence is not None and hasattr(self.sequence, "views") else []
+        if "request" not in views:
+            return None
+        return {r.name: subsample(self.sequence.test_view(r, "request")[0], self.config.pairs_per_request,
+                                  f"{self.config.seed}-ft-{r.name}")
                 for r in self.applied}
 
     def forget_train(self) -> dict[str, list[Sample]]:
@@ -194,6 +205,6 @@ def load_target(run_dir: Path, step: int | None, config: AttackConfig, model: st
     names, recorded = [r.name for r in requests], [r["name"] for r in results["requests"]]
     if names != recorded:
         raise ValueError(f"the rebuilt request sequence {names} is not the run's {recorded}")
-    target = AttackTarget(run_dir, step, method, results, requests, config, model, placement)
+    target = AttackTarget(run_dir, step, method, results, requests, config, model, placement, sequence=sequence)
     target._utility = list(sequence.utility_split()) if config.utility_pairs else []
     return target

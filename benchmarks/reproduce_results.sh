@@ -61,7 +61,8 @@ if [[ ",$STAGES," == *",attacks,"* ]]; then
     echo "the last of the 16 test requests, at its validation-tuned settings (the \`compare\` stage's runs),"
     echo "attacked with \`examples/attacks/robustness.yaml\`: a seeded subsample of 4 forget-test pairs per"
     echo "request (64 in all; membership inference: 4 forget-train members vs 4 forget-test pairs per"
-    echo "request), 3 retain pairs per request and 60 utility pairs for int8; relearning on 25% of each"
+    echo "request, both in the request phrasings), 3 retain pairs per request and 60 utility pairs for"
+    echo "int8; relearning on 25% of each"
     echo "request's forget-train pairs. One pair moves a rate by about 1.6 points. Attacks and formulas:"
     echo "\`docs/metrics.md\`, \"Attacks\"."
     echo

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The committed results, one command: tune every method on the validation sequence, then
-# the comparison (all methods + `none`, tuned, on the test sequence) and the robustness
-# table. Everything resumes: interrupt it and run it again, finished grid points and
+# the comparison (all methods + `none`, tuned, on the test sequence), the robustness
+# table and CORE's ablations. Everything resumes: interrupt it and run it again, finished grid points and
 # finished runs are kept (runs/ holds the run folders; results/ gets the tables).
 #
 #   bash benchmarks/reproduce_results.sh            # everything (many hours on 2 CPU cores)
@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VLFORGET=${VLFORGET:-.venv/bin/vlforget}
-STAGES=${STAGES:-tune,compare,attacks}
+STAGES=${STAGES:-tune,compare,attacks,ablations}
 RUNS=${RUNS:-runs}
 ALL=$($VLFORGET methods --names)
 METHODS=${METHODS:-$(echo "$ALL" | tr '\n' ',' | sed 's/,$//')}
@@ -68,4 +68,25 @@ if [[ ",$STAGES," == *",attacks,"* ]]; then
     echo
     cat "$RUNS/cmp-v2/robustness.md"
   } > results/robustness.md
+fi
+if [[ ",$STAGES," == *",ablations,"* ]]; then
+  # CORE at its tuned settings with one part switched off (after `compare`, whose core and mined runs it reuses)
+  for part in no-modulator no-concept-routing no-calibration; do
+    $VLFORGET compare --methods core --tuned results/tuned --config "examples/compare/core-$part.yaml" \
+        --out "$RUNS/ablate-v2/$part"
+  done
+  {
+    echo "# CORE and its ablations (benchmark v2, test sequence)"
+    echo
+    echo "Produced by \`bash benchmarks/reproduce_results.sh\` (stage \`ablations\`): CORE at its validation-tuned"
+    echo "settings (\`results/tuned/core.md\`) with one part switched off by \`examples/compare/core-PART.yaml\`,"
+    echo "on the 16 test requests, evaluation phrasings; \`core\` and \`concepts from model\` are the rows of"
+    echo "\`results/comparison.md\`. The v1 ablations are in \`results/core_ablations.md\`."
+    echo
+    .venv/bin/python benchmarks/summary_table.py "core=$RUNS/cmp-v2/core" \
+        "no modulator=$RUNS/ablate-v2/no-modulator/core" \
+        "no concept routing=$RUNS/ablate-v2/no-concept-routing/core" \
+        "no calibration=$RUNS/ablate-v2/no-calibration/core" \
+        "concepts from model=$RUNS/cmp-v2-mined/core"
+  } > results/core_ablations_v2.md
 fi

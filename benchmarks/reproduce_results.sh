@@ -79,7 +79,7 @@ if [[ ",$STAGES," == *",ablations,"* ]]; then
     echo "# CORE and its ablations (benchmark v2, test sequence)"
     echo
     echo "Produced by \`bash benchmarks/reproduce_results.sh\` (stage \`ablations\`): CORE at its validation-tuned"
-    echo "settings (\`results/tuned/core.md\`) with one part switched off by \`examples/compare/core-PART.yaml\`,"
+    echo "settings (\`results/tuned/core.md\`) with one part switched off (\`examples/compare/core-no-modulator.yaml\` and its two siblings),"
     echo "on the 16 test requests, evaluation phrasings; \`core\` and \`concepts from model\` are the rows of"
     echo "\`results/comparison.md\`. The v1 ablations are in \`results/core_ablations.md\`."
     echo

@@ -172,7 +172,7 @@ def test_membership_scores_come_from_the_answers_losses(target):
     assert 0.0 <= result["after"]["loss"]["auc"] <= 1.0
     assert result["n_members"] == 6 and result["n_nonmembers"] == 6
     # v2: the non-members are the test pairs in the members' phrasing group, same images and answers
-    same = _flat(target.forget_test_in_request_phrasings())
+    same = _flat(target.forget_test("request"))
     assert [s.meta["original_answer"] for s in same] == [s.meta["original_answer"] for s in _flat(target.forget_test())]
     assert {s.instruction for s in same} != {s.instruction for s in _flat(target.forget_test())}
     assert "request phrasings" in result["nonmembers"]

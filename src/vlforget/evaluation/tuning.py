@@ -92,6 +92,10 @@ def choose(points: list[dict[str, Any]]) -> int | None:
     return best
 
 
+def _cell(value) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
 def markdown(record: dict[str, Any]) -> str:
     lines = [f"# Tuning: {record['method']}", "",
              f"Validation sequence of benchmark {record['benchmark_version']} ({record['n_requests']} requests), "
@@ -99,16 +103,13 @@ def markdown(record: dict[str, Any]) -> str:
              "| # | overrides | score | CRR Last | AR Last | S Last | Leak Last | Over-refusal Last |",
              "|---|---|---|---|---|---|---|---|"]
 
-    def cell(value):
-        return "" if value is None else f"{value:.1f}"
-
     for i, point in enumerate(record["points"]):
         numbers = point.get("summary") or {}
         mark = " (chosen)" if i == record.get("chosen_index") else ""
-        crr = "n/a" if not record["refuses"] else cell(numbers.get("crr_last"))
-        lines.append(f"| {i}{mark} | `{_point_key(point['overrides'])}` | {cell(point.get('score'))} | {crr} | "
-                     f"{cell(numbers.get('ar_last'))} | {cell(numbers.get('s_last'))} | "
-                     f"{cell(numbers.get('leak_last'))} | {cell(numbers.get('overrefusal_last'))} |")
+        crr = "n/a" if not record["refuses"] else _cell(numbers.get("crr_last"))
+        lines.append(f"| {i}{mark} | `{_point_key(point['overrides'])}` | {_cell(point.get('score'))} | {crr} | "
+                     f"{_cell(numbers.get('ar_last'))} | {_cell(numbers.get('s_last'))} | "
+                     f"{_cell(numbers.get('leak_last'))} | {_cell(numbers.get('overrefusal_last'))} |")
     chosen = record.get("chosen")
     lines += ["", f"Chosen overrides: `{json.dumps(chosen, sort_keys=True)}`" if chosen is not None
               else "No point finished yet."]
@@ -175,9 +176,6 @@ def index_markdown(out_dir: Path) -> str:
              "| method | points run | chosen overrides | score | defaults' score | CRR Last | AR Last | S Last | "
              "Leak Last |", "|---|---|---|---|---|---|---|---|---|"]
 
-    def cell(value):
-        return "" if value is None else f"{value:.1f}"
-
     for path in sorted(out_dir.glob("*.json")):
         record = load_record(path)
         points, index = record["points"], record.get("chosen_index")
@@ -185,11 +183,11 @@ def index_markdown(out_dir: Path) -> str:
         chosen = points[index] if index is not None else {}
         numbers = chosen.get("summary") or {}
         defaults = next((p.get("score") for p in points if p["overrides"] == {}), None)
-        crr = "n/a" if not record["refuses"] else cell(numbers.get("crr_last"))
+        crr = "n/a" if not record["refuses"] else _cell(numbers.get("crr_last"))
         lines.append(f"| [{record['method']}]({record['method']}.md) | {finished} of {record['grid_size']} | "
-                     f"`{_point_key(record.get('chosen'))}` | {cell(chosen.get('score'))} | {cell(defaults)} | "
-                     f"{crr} | {cell(numbers.get('ar_last'))} | {cell(numbers.get('s_last'))} | "
-                     f"{cell(numbers.get('leak_last'))} |")
+                     f"`{_point_key(record.get('chosen'))}` | {_cell(chosen.get('score'))} | {_cell(defaults)} | "
+                     f"{crr} | {_cell(numbers.get('ar_last'))} | {_cell(numbers.get('s_last'))} | "
+                     f"{_cell(numbers.get('leak_last'))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -60,8 +60,9 @@ def aucs(model, members, others, min_k: float) -> dict[str, dict]:
 def run(target) -> dict:
     cfg = target.config
     keep = lambda pairs: {r: [s for s in v if s.meta.get("original_answer")] for r, v in pairs.items()}  # noqa: E731
-    same_phrasings = target.forget_test_in_request_phrasings()
-    members_by, others_by = keep(target.forget_train()), keep(same_phrasings or target.forget_test())
+    same_phrasings = "request" in target.views()  # forget-train pairs are in the request phrasings
+    members_by = keep(target.forget_train())
+    others_by = keep(target.forget_test("request" if same_phrasings else None))
     members = [s for v in members_by.values() for s in v]
     others = [s for v in others_by.values() for s in v]
     if not members or not others:

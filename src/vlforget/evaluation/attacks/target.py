@@ -101,19 +101,17 @@ class AttackTarget:
     def contexts(self) -> dict[str, list[str]]:
         return {r.name: r.refusals + [r.description] for r in self.requests}
 
-    def forget_test(self) -> dict[str, list[Sample]]:
-        """Per applied request: the subsampled forget test pairs every attack evaluates."""
-        return {r.name: subsample(r.forget_test, self.config.pairs_per_request, f"{self.config.seed}-ft-{r.name}")
-                for r in self.applied}
+    def views(self) -> list[str]:
+        """The benchmark's extra views of the test pairs (v2: request phrasings, pressure)."""
+        return self.sequence.views() if hasattr(self.sequence, "views") else []
 
-    def forget_test_in_request_phrasings(self) -> dict[str, list[Sample]] | None:
-        """`forget_test()`'s pairs asked in the request phrasings, the group the forget-train
-        pairs use (benchmark v2's "request" view); None for a benchmark without that view."""
-        views = self.sequence.views() if self.sequence is not None and hasattr(self.sequence, "views") else []
-        if "request" not in views:
-            return None
-        return {r.name: subsample(self.sequence.test_view(r, "request")[0], self.config.pairs_per_request,
-                                  f"{self.config.seed}-ft-{r.name}")
+    def forget_test(self, view: str | None = None) -> dict[str, list[Sample]]:
+        """Per applied request: the subsampled forget test pairs every attack evaluates; with
+        `view`, the same pairs (same seed, same images and answers) asked as in that view."""
+        def pairs(r):
+            return r.forget_test if view is None else self.sequence.test_view(r, view)[0]
+
+        return {r.name: subsample(pairs(r), self.config.pairs_per_request, f"{self.config.seed}-ft-{r.name}")
                 for r in self.applied}
 
     def forget_train(self) -> dict[str, list[Sample]]:

@@ -74,9 +74,12 @@ def test_core_runs_with_a_clip_folder_as_concept_encoder(bench, tmp_path):
 
 def test_text_encoder_concept_reads_instructions_with_the_clip_text_tower(bench, tmp_path):
     folder = tiny_clip(tmp_path / "clip")
-    core = make_method("core", Backbone.load(), {**TINY, "concept_encoder": folder, "text_encoder": "concept",
-                                                  "intent_projection": False}, general=bench.general_pool)
+    settings = {**TINY, "concept_encoder": folder, "text_encoder": "concept", "intent_projection": False}
+    core = make_method("core", Backbone.load(), {**settings, "intent_neighbours": 0}, general=bench.general_pool)
     assert core.instruction_features(["how many stars are there?"]).shape[-1] == 16
+    # with answer-state neighbours (the default) the tower still reads the descriptions
+    core = make_method("core", Backbone.load(), settings, general=bench.general_pool)
+    assert core.text_side.describer.texts(["counting objects"]).shape[-1] == 16
 
 
 def test_unknown_encoder_is_a_clear_error(tmp_path):

@@ -307,6 +307,29 @@ class Backbone:
             self.model.train(was_training)
         return answers
 
+    @torch.no_grad()
+    def prompt_states(self, instructions: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """[B, text_hidden] float32 on the CPU: the language model's last-layer state at the
+        end of each prompt, asked of a blank image (every pixel the normalisation mean), so
+        only the instruction speaks. It is the state the first answer token is read from:
+        what kind of answer the model is about to give (CORE's textual side reads it)."""
+        size = int(self.meta["image_size"])
+        blank = Image.new("RGB", (size, size), tuple(round(255 * m) for m in per_channel(self.meta["pixel_mean"])))
+        was_training = self.model.training
+        self.model.eval()
+        rows = []
+        try:
+            for start in range(0, len(instructions), batch_size):
+                chunk = list(instructions[start:start + batch_size])
+                batch = self.build_batch([blank] * len(chunk), chunk)
+                hidden = self.model(**batch, output_hidden_states=True).hidden_states[-1]
+                positions = torch.arange(hidden.shape[1], device=hidden.device)
+                last = (batch["attention_mask"].to(hidden.device) * positions).argmax(1)  # any padding side
+                rows.append(hidden[torch.arange(len(chunk), device=hidden.device), last].float().cpu())
+        finally:
+            self.model.train(was_training)
+        return torch.cat(rows) if rows else torch.zeros(0, self.model.get_input_embeddings().weight.shape[1])
+
     def answer_logprobs(self, images: Sequence[Image.Image], instructions: Sequence[str],
                         targets: Sequence[str]) -> torch.Tensor:
         """[B] summed log-probability of each target (+ eos); differentiable."""

@@ -35,7 +35,7 @@ def top_mean(scores: torch.Tensor, share: float = 0.25) -> torch.Tensor:
 class ConceptBank:
     """Every request's description embeddings, concatenated so all are scored in two matmuls."""
 
-    def __init__(self, textual_share: float = 0.25):
+    def __init__(self, textual_share: float = 0.75):
         # The textual score averages a larger share of the descriptions than the visual one:
         # a question close to one or two phrasings of an intent ("which one is larger" for a
         # size question) is not that intent; one close to most of them is (`CoreConfig.textual_share`).

@@ -60,6 +60,15 @@ class CoreConfig(MethodConfig):
     pick_question: bool = option(True, "score only the clause of an instruction that most resembles a general "
                                        "question (the question inside a pressing sentence); off = the max over "
                                        "the whole text and its clauses. Needs general pairs, skipped without them")
+    intent_neighbours: int = option(15, "a query's textual score is the mean over its k nearest general "
+                                        "instructions in the backbone's answer state (the model's last hidden "
+                                        "state at the end of the prompt, on a blank image), which tells a "
+                                        "shape question from a count or a position one; 0 = the query's own "
+                                        "encoder similarity. Needs general pairs, skipped without them", ge=0)
+    coverage_penalty: float = option(1.0, "with intent_neighbours: a general instruction that none of the request's "
+                                          "forget questions reads like (max answer-state cosine c) has its textual "
+                                          "similarity lowered by coverage_penalty * (1 - c); 0 = descriptions alone",
+                                     ge=0)
     general_pairs: int = option(3000, "general pairs the intent projection is fitted on", ge=10)
     clean_refusals: bool = option(True, "a gated answer that opens like a refusal becomes the gating request's "
                                         "refusal sentence exactly (no repeated, garbled or stray words; the request "

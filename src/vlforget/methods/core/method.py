@@ -39,7 +39,7 @@ from vlforget.methods.core.config import CoreConfig
 from vlforget.methods.core.refusers import RefuserPool
 from vlforget.methods.core.router import route
 from vlforget.methods.core.encoders import load_encoder
-from vlforget.methods.core.text_side import InstructionSide, intent_projection, minilm
+from vlforget.methods.core.text_side import InstructionSide, NeighbourSide, intent_projection, minilm
 from vlforget.methods.hooks import installed
 from vlforget.text import flatten
 from vlforget.types import DeletionRequest
@@ -96,7 +96,7 @@ class Core(Method):
                 # Said, not silent: without general pairs the gate scores raw MiniLM embeddings,
                 # which is not the CORE the benchmark numbers are of.
                 warnings.warn("CORE: no general pairs were given, so the instruction side has no intent "
-                              "projection and no question picking; build it with make_method(..., "
+                              "projection, no question picking and no answer-state neighbours; build it with make_method(..., "
                               "general=benchmark.general_pool) (docs/methods.md, core)", stacklevel=2)
             if self.general is not None:
                 samples = self.general_pool(cfg.general_pairs, "core-intents")
@@ -108,8 +108,21 @@ class Core(Method):
                     projection = _projection(self._text_encode(), samples,
                                              (getattr(self._text_encode(), "name", "?"), cfg.general_pairs,
                                               cfg.intent_kinds, cfg.intent_dim, cfg.intent_shrink), cfg)
-            self._text = InstructionSide(self._text_encode(), projection, reference)
+            side = InstructionSide(self._text_encode(), projection, reference)
+            if self.general is not None and cfg.intent_neighbours > 0:
+                general = list(dict.fromkeys(s.instruction for s in samples))
+                side = NeighbourSide(side, self._prompt_states, cfg.intent_neighbours, general,
+                                     coverage_penalty=cfg.coverage_penalty)
+            self._text = side
         return self._text
+
+    def _prompt_states(self, texts: list[str]) -> torch.Tensor:
+        """The backbone's answer states (`Backbone.prompt_states`), never steered by CORE's hook."""
+        steering, self._steer = self._steer, None
+        try:
+            return self.backbone.prompt_states(texts)
+        finally:
+            self._steer = steering
 
     def _text_encode(self):
         return self.encoder.texts if self.config.text_encoder == "concept" else minilm()
@@ -274,6 +287,9 @@ class Core(Method):
         # the saved one did, with or without the general pairs it was fitted on.
         if self.heads:
             side = self.text_side
+            if isinstance(side, NeighbourSide):
+                out.update({f"text.neighbours.{k}": v for k, v in side.saved().items()})
+                side = side.describer
             if side.projection is not None:
                 out["text.mean"], out["text.matrix"] = side.projection["mean"], side.projection["matrix"]
             if side.reference is not None:
@@ -301,6 +317,10 @@ class Core(Method):
         reference = tensors["text.reference"].float() if "text.reference" in tensors else None
         if n:
             self._text = InstructionSide(self._text_encode(), projection, reference)
+            saved = {k[len("text.neighbours."):]: v for k, v in tensors.items() if k.startswith("text.neighbours.")}
+            if saved:
+                self._text = NeighbourSide(self._text, self._prompt_states, self.config.intent_neighbours, saved=saved,
+                                           coverage_penalty=self.config.coverage_penalty)
         self.bank.load([c["name"] for c in self.concepts], tensors)
         for key in ("head", "row", "load", "proto_features", "proto_visual", "proto_instructions"):
             attr = {"head": "heads", "row": "rows", "load": "loads"}.get(key, key)

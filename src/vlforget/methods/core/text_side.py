@@ -145,8 +145,8 @@ class InstructionSide:
             return x
         return (x - self.projection["mean"]) @ self.projection["matrix"]
 
-    def texts(self, texts: list[str]) -> torch.Tensor:
-        """[n, d] unit description embeddings."""
+    def texts(self, texts: list[str], questions: list[str] | None = None) -> torch.Tensor:
+        """[n, d] unit description embeddings (`questions`: read by `NeighbourSide` only)."""
         if not texts:
             return torch.zeros(0, self.dim, device="cpu")
         return F.normalize(self._project(self.encode(list(texts))), dim=-1)
@@ -195,4 +195,95 @@ class InstructionSide:
                 self._cache[s] = torch.cat([rows, pad]).contiguous()
         if not instructions:
             return torch.zeros(0, self.width, self.dim, device="cpu")
+        return torch.stack([self._cache[s] for s in instructions])
+
+
+class NeighbourSide:
+    """The instruction side read through the backbone: a query is its nearest general
+    instructions in the model's own answer state (`Backbone.prompt_states`).
+
+    A sentence encoder, even through the intent projection, places "which object is at the
+    top left?" between naming an object, counting and locating (digits are numbers,
+    positions are words of the question). The backbone does not confuse them: at the end of
+    the prompt it is about to give a shape, a number or a position, and its state says
+    which (validation sequence, intent-vs-rest AUC of each request's textual score on
+    unseen phrasings: 0.986 with the encoder's own score, 1.000 through 15 neighbours;
+    docs/methods.md). So:
+
+    - a request's textual description is represented by how much each general instruction
+      resembles it, read by `describer` (the encoder + intent projection): one row [G] per
+      description (`texts`);
+    - a query is the uniform average over its `k` nearest general instructions in answer
+      state (`instructions`: [B, 1, G] weights, 1/k on each neighbour);
+
+    so a query's similarity to a description is the mean of its neighbours' similarities,
+    and `ConceptBank` scores it exactly as before. Nothing is fitted per request and the
+    forget phrasings play no part: the neighbours are general instructions, the
+    descriptions are the request's text.
+    """
+
+    width = 1
+
+    def __init__(self, describer: InstructionSide, states, k: int, general: list[str] | None = None,
+                 saved: dict[str, torch.Tensor] | None = None, coverage_penalty: float = 0.0):
+        self.describer = describer  # InstructionSide: encoder + projection (+ question picking)
+        self.states = states  # list[str] -> [n, H] answer states (the backbone's)
+        self.k = k
+        self.coverage_penalty = coverage_penalty
+        if saved is not None:
+            self.general_states, self.general_embedded = saved["states"].float(), saved["embedded"].float()
+            self.state_mean, self.state_scale = saved["mean"].float(), saved["scale"].float()
+        else:
+            raw = states(list(general))
+            self.state_mean, self.state_scale = raw.mean(0), raw.std(0) + 1e-6
+            self.general_states = self._normalise(raw)
+            # each general instruction as the describer reads it (the question, projected)
+            self.general_embedded = describer.pieces(describer.pick(list(general)))
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def _normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        return F.normalize((raw - self.state_mean) / self.state_scale, dim=-1)
+
+    def saved(self) -> dict[str, torch.Tensor]:
+        return {"states": self.general_states.half(), "embedded": self.general_embedded.half(),
+                "mean": self.state_mean, "scale": self.state_scale}
+
+    @property
+    def dim(self) -> int:
+        return len(self.general_states)
+
+    def pick(self, texts: list[str]) -> list[str]:
+        return self.describer.pick(texts)
+
+    def texts(self, texts: list[str], questions: list[str] | None = None) -> torch.Tensor:
+        """[n, G]: each description's similarity to every general instruction.
+
+        `questions` (the request's forget instructions) say which kinds of question the
+        request covers: a general instruction that none of them reads like (max cosine c of
+        answer states) has its similarities lowered by `coverage_penalty` * (1 - c). The
+        descriptions alone rank "which object is at the top left?" below "is there a star?"
+        for a request on identifying stars (the encoder's weak spot); the forget questions,
+        as the model reads them, do not. Their wording plays no part, only their answer state.
+        """
+        if not texts:
+            return torch.zeros(0, self.dim, device="cpu")
+        rows = self.describer.texts(list(texts)) @ self.general_embedded.T
+        if questions and self.coverage_penalty > 0:
+            read = self._normalise(self.states(self.describer.pick(list(questions))))
+            coverage = (self.general_states @ read.T).amax(1)  # [G]
+            rows = rows - self.coverage_penalty * (1 - coverage)[None]
+        return rows.contiguous()
+
+    def instructions(self, instructions: list[str]) -> torch.Tensor:
+        """[B, 1, G]: 1/k on each instruction's k nearest general instructions (cached per string)."""
+        todo = [s for s in dict.fromkeys(instructions) if s not in self._cache]
+        if todo:
+            questions = self.describer.pick(todo)  # the question inside a pressing sentence
+            sims = self._normalise(self.states(questions)) @ self.general_states.T
+            nearest = sims.topk(min(self.k, self.dim), dim=1).indices
+            weights = torch.zeros(len(todo), self.dim, device="cpu").scatter_(1, nearest, 1.0 / nearest.shape[1])
+            for s, row in zip(todo, weights):
+                self._cache[s] = row[None].contiguous()
+        if not instructions:
+            return torch.zeros(0, 1, self.dim, device="cpu")
         return torch.stack([self._cache[s] for s in instructions])

@@ -78,7 +78,8 @@ def add_concepts(core, request: DeletionRequest, concepts, pairs: RequestPairs, 
     with torch.no_grad():
         visual = [] if concepts.visual == ANY_IMAGE else concepts.visual
         textual = [] if concepts.textual == ANY_INSTRUCTION else concepts.textual
-        core.bank.add(request.name, core.encoder.texts(visual), core.text_side.texts(textual))
+        core.bank.add(request.name, core.encoder.texts(visual),
+                      core.text_side.texts(textual, [s.instruction for s in pairs.forget]))
         raw_f = core.bank.raw(pairs.fv, pairs.fi)[:, t]
         raw_r = core.bank.raw(pairs.rv, pairs.ri)[:, t] if pairs.retain else raw_f[:0]
     pos = raw_f.mean(0)

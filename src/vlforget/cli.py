@@ -739,8 +739,7 @@ def pretrain(out: Path = typer.Option(..., help="folder to write the model into"
     check_cli_numbers(seed=seed)
     valid = [p for p in signature.signature(train).parameters if p not in ("out_dir", "seed", "log", "config_kwargs")]
     hints = typing.get_type_hints(train)
-    settings = {key: check_value(value, hints.get(key, typing.Any), f"{config}: field {key!r}",
-                                 {"ge": 0} if hints.get(key) in (int, float) else None)
+    settings = {key: check_value(value, hints.get(key, typing.Any), f"{config}: field {key!r}", {"ge": 0})
                 for key, value in _command_settings(config, valid).items()}
     train(out, seed=seed, **settings)
 

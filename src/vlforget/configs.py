@@ -48,6 +48,10 @@ class FieldError(ValueError):
     """A value that does not fit its field: the message names the field (and the file)."""
 
 
+class _RangeError(FieldError):
+    """A value of the right type outside its field's range (an Optional field reports it as such)."""
+
+
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     if annotation is Any:
@@ -87,6 +91,8 @@ def check_value(value: Any, annotation: Any, label: str, limits: dict[str, Any] 
         for option_type in typing.get_args(annotation):
             try:
                 return check_value(value, option_type, label, limits)
+            except _RangeError:
+                raise
             except FieldError:
                 continue
         raise wrong
@@ -150,7 +156,7 @@ def _in_range(value: float, label: str, limits: dict[str, Any]) -> float:
                              ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
         bound = limits.get(key)
         if bound is not None and not test(value, bound):
-            raise FieldError(f"{label} must be {words} {bound}, got {value}")
+            raise _RangeError(f"{label} must be {words} {bound}, got {value}")
     return value
 
 

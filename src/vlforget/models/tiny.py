@@ -240,9 +240,20 @@ def quick_eval(backbone: Backbone, samples) -> dict[str, float]:
     return out
 
 
-def _length_buckets(lengths: torch.Tensor, batch_size: int, gen: torch.Generator, group: int = 64) -> list[list[int]]:
-    """One epoch of batches of similar length (less padding), in random order."""
-    order = torch.randperm(len(lengths), generator=gen)
+def _length_buckets(lengths: torch.Tensor, batch_size: int, gen: torch.Generator, group: int = 64,
+                    repeats: torch.Tensor | None = None) -> list[list[int]]:
+    """One epoch of batches of similar length (less padding), in random order.
+
+    `repeats` (per pair, float): how many times a pair is drawn per epoch (the integer
+    part, plus once more with the fractional part's probability); None draws each once
+    (and no extra random numbers, so unweighted epochs are unchanged)."""
+    if repeats is None:
+        order = torch.randperm(len(lengths), generator=gen)
+    else:
+        whole = repeats.floor()
+        extra = (torch.rand(len(repeats), generator=gen) < repeats - whole).long()
+        index = torch.repeat_interleave(torch.arange(len(lengths)), whole.long() + extra)
+        order = index[torch.randperm(len(index), generator=gen)]
     batches = []
     for start in range(0, len(order) - batch_size + 1, batch_size * group):
         chunk = order[start:start + batch_size * group]
@@ -253,7 +264,9 @@ def _length_buckets(lengths: torch.Tensor, batch_size: int, gen: torch.Generator
 
 def train_language(backbone: Backbone, data: dict, val_samples, steps: int, batch_size: int = 16,
                    lr: float = 5e-4, seed: int = 0, eval_every: int = 2000, log=print,
-                   deadline: float | None = None) -> None:
+                   deadline: float | None = None, intent_weights: dict[str, float] | None = None) -> None:
+    """Projector + language model on the pairs (vision tower frozen). `intent_weights`:
+    per-intent draw rate per epoch (missing intents 1), e.g. {"count": 3}."""
     model = backbone.model
     params = [p for n, p in model.named_parameters() if p.requires_grad and "vision_tower" not in n]
     optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
@@ -262,13 +275,16 @@ def train_language(backbone: Backbone, data: dict, val_samples, steps: int, batc
     answer_ids = backbone.encode_text(data["answers"])
     gen = torch.Generator().manual_seed(seed + 2)
     lengths = torch.tensor([len(a) + len(b) for a, b in zip(instr_ids, answer_ids)])
+    repeats = None
+    if intent_weights:
+        repeats = torch.tensor([float(intent_weights.get(i, 1.0)) for i in data["intents"]])
     batches: list[list[int]] = []
     model.train()
     backbone.vision_encoder.eval()
     start, running = time.time(), 0.0
     for step in range(1, steps + 1):
         if not batches:
-            batches = _length_buckets(lengths, batch_size, gen)
+            batches = _length_buckets(lengths, batch_size, gen, repeats=repeats)
         idx = batches.pop()
         batch = backbone.assemble([instr_ids[i] for i in idx], [answer_ids[i] for i in idx])
         batch["pixel_values"] = normalise_uint8(data["pixels"][idx])
@@ -297,11 +313,23 @@ def train_language(backbone: Backbone, data: dict, val_samples, steps: int, batc
 
 V2_LANGUAGE_STEPS = 6000
 
+# Recipe 3: the v2 model (recipe 2's weights), connector + language model trained on
+# over a fresh v2-kind pool with count pairs drawn more often (the v2 model's counts of
+# named categories slip by one); vision tower and vocabulary untouched.
+V3_LANGUAGE_STEPS = 10_000
+V3_LR = 4e-4
+V3_N_TRAIN = 100_000
+V3_INTENT_WEIGHTS = {"count": 5.0}
+V3_POOL_SEED_OFFSET = 1000  # recipe 3's pool is drawn with seed + this (new pairs, same kind)
+RECIPES = (2, 3)
+BUILTIN_RECIPE = 3  # the recipe of the committed `assets/tiny-llava`
 
-def pretrain(out_dir: str | Path, seed: int = 0, minutes_budget: float = 30.0, n_train: int = 60_000,
-             vision_steps: int = 3000, language_steps: int | None = None, batch_size: int = 16, lr: float = 5e-4,
-             threads: int = 1, stage1_dir: str | Path | None = None, benchmark_version: int = 2, log=print,
-             **config_kwargs) -> Backbone:
+
+def pretrain(out_dir: str | Path, seed: int = 0, minutes_budget: float = 30.0, n_train: int | None = None,
+             vision_steps: int = 3000, language_steps: int | None = None, batch_size: int = 16, lr: float | None = None,
+             threads: int = 1, stage1_dir: str | Path | None = None, benchmark_version: int = 2,
+             recipe: int | None = None, init: str | None = None, intent_weights: dict[str, float] | None = None,
+             log=print, **config_kwargs) -> Backbone:
     """Reproduce the built-in model into `out_dir` (defaults = the committed weights).
 
     `benchmark_version=1`: the v1 recipe from scratch (stage 1, then 20,000 language
@@ -317,9 +345,28 @@ def pretrain(out_dir: str | Path, seed: int = 0, minutes_budget: float = 30.0, n
     `minutes_budget` is only a safety stop (the run warns and stops early if reached).
     `stage1_dir`: where to save the stage-1 vision tower, or reuse it from if present
     (to iterate on stage 2 without retraining the vision tower).
+
+    Benchmark v2 has two recipes (`recipe`, default `BUILTIN_RECIPE`, the committed
+    model's): 2 as above; 3 continues from recipe 2's weights (`init`: a folder holding
+    them, else recipe 2 is run first with its own defaults) for `V3_LANGUAGE_STEPS`
+    connector + language steps at `V3_LR` on a new v2-kind pool of `V3_N_TRAIN` pairs, drawing them per
+    `intent_weights` (default `V3_INTENT_WEIGHTS`: count pairs 5 times as often); the
+    vision tower and the vocabulary stay v1's, so CORE's shipped scorer still applies.
+    With recipe 3, `n_train`/`language_steps`/`lr` are the recipe-3 stage's.
     """
     if benchmark_version not in (1, 2):
         raise ValueError(f"benchmark_version must be 1 or 2, got {benchmark_version}")
+    recipe = BUILTIN_RECIPE if recipe is None else recipe
+    if benchmark_version == 2 and recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe}")
+    if benchmark_version == 2 and recipe == 3:
+        return _pretrain_v3(out_dir, seed, minutes_budget, n_train or V3_N_TRAIN, language_steps or V3_LANGUAGE_STEPS,
+                            batch_size, V3_LR if lr is None else lr, threads, init,
+                            V3_INTENT_WEIGHTS if intent_weights is None else intent_weights, log)
+    if intent_weights or init:
+        raise ValueError("init and intent_weights belong to recipe 3")
+    lr = 5e-4 if lr is None else lr
+    n_train = n_train or 60_000
     if benchmark_version == 2:
         return _pretrain_v2(out_dir, seed, minutes_budget, n_train, language_steps or V2_LANGUAGE_STEPS,
                             batch_size, lr, threads, log)
@@ -368,7 +415,7 @@ def pretrain(out_dir: str | Path, seed: int = 0, minutes_budget: float = 30.0, n
 
 
 def _pretrain_v2(out_dir, seed: int, minutes_budget: float, n_train: int, language_steps: int, batch_size: int,
-                 lr: float, threads: int, log) -> Backbone:
+                 lr: float, threads: int, log, save: bool = True) -> Backbone:
     """v2: v1's model, language side trained on over the v2 pool (vision tower frozen as shipped)."""
     from vlforget.data.benchmark import general_samples
     from vlforget.data.phrasings import EVALUATION_PHRASINGS
@@ -393,6 +440,49 @@ def _pretrain_v2(out_dir, seed: int, minutes_budget: float, n_train: int, langua
                                  "minutes": round((time.time() - t0) / 60, 1)}
     for p in backbone.model.parameters():
         p.requires_grad_(True)
+    if save:
+        backbone.save(out_dir)
+        log(f"saved to {out_dir} after {(time.time() - t0) / 60:.1f} minutes")
+    return backbone
+
+
+def _pretrain_v3(out_dir, seed: int, minutes_budget: float, n_train: int, language_steps: int, batch_size: int,
+                 lr: float, threads: int, init: str | None, intent_weights: dict[str, float], log) -> Backbone:
+    """v3: the v2 model, connector + language model trained on with intents reweighted
+    (vision tower frozen as shipped, vocabulary unchanged)."""
+    from vlforget.data.benchmark import general_samples
+    from vlforget.data.phrasings import EVALUATION_PHRASINGS
+
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    if init:
+        backbone = Backbone.load(init)
+        previous = backbone.meta.get("pretrain", {})
+        log(f"recipe 3: starting from {init} (its pretrain settings: {previous})")
+    else:
+        log("recipe 3: running recipe 2 first (its defaults)")
+        backbone = _pretrain_v2(None, seed, minutes_budget, 60_000, V2_LANGUAGE_STEPS, 16, 5e-4, threads, log,
+                                save=False)
+        previous = backbone.meta["pretrain"]
+    deadline = time.time() + minutes_budget * 60  # this stage's own budget (recipe 2 had its own)
+    pool_seed = seed + V3_POOL_SEED_OFFSET
+    log(f"recipe 3: pool seed {pool_seed}, {n_train} pairs, {language_steps} language steps, lr {lr}, "
+        f"intent weights {intent_weights}, {threads} threads")
+    data = make_pool(n_train, pool_seed, processes=2, benchmark_version=2)
+    val_samples = general_samples(400, f"val-{seed}", "test", EVALUATION_PHRASINGS)
+    log(f"data: {n_train} training pairs at {time.time() - t0:.0f}s")
+    backbone.vision_encoder.eval().requires_grad_(False)
+    torch.manual_seed(pool_seed)
+    train_language(backbone, data, val_samples, language_steps, batch_size=batch_size, lr=lr, seed=pool_seed,
+                   log=log, deadline=deadline, intent_weights=dict(intent_weights))
+    backbone.meta["pretrain"] = {"benchmark_version": 2, "recipe": 3, "init": "tiny-llava (recipe 2)",
+                                 "seed": seed, "pool_seed": pool_seed, "n_train": n_train,
+                                 "language_steps": language_steps, "batch_size": batch_size, "lr": lr,
+                                 "intent_weights": dict(intent_weights), "threads": threads,
+                                 "pressure_share": V2_PRESSURE_SHARE, "trained": "connector + language model",
+                                 "minutes": round((time.time() - t0) / 60, 1), "previous": previous}
+    for p in backbone.model.parameters():
+        p.requires_grad_(True)
     backbone.save(out_dir)
     log(f"saved to {out_dir} after {(time.time() - t0) / 60:.1f} minutes")
     return backbone
@@ -405,14 +495,18 @@ if __name__ == "__main__":  # pragma: no cover
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes-budget", type=float, default=30.0)
-    parser.add_argument("--n-train", type=int, default=60_000)
+    parser.add_argument("--n-train", type=int, default=None)
     parser.add_argument("--vision-steps", type=int, default=3000)
     parser.add_argument("--language-steps", type=int, default=None)
     parser.add_argument("--benchmark-version", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--stage1-dir", default=None)
+    parser.add_argument("--recipe", type=int, default=None)
+    parser.add_argument("--init", default=None)
+    parser.add_argument("--lr", type=float, default=None)
     args = parser.parse_args()
     pretrain(args.out_dir, seed=args.seed, minutes_budget=args.minutes_budget, n_train=args.n_train,
              vision_steps=args.vision_steps, language_steps=args.language_steps,
              threads=args.threads, stage1_dir=args.stage1_dir, benchmark_version=args.benchmark_version,
+             recipe=args.recipe, init=args.init, lr=args.lr,
              log=lambda m: print(m, flush=True))

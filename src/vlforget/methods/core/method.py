@@ -3,7 +3,8 @@
 Applying request r:
  1. decompose it into visual/textual concept descriptions (`concepts.Decomposer`);
  2. embed its descriptions (visual: the concept encoder's text side; textual: the
-    instruction side, MiniLM through the general pool's intent projection) and set
+    instruction side, MiniLM through the general pool's intent projection, as rows over
+    the general instructions a query is compared through, `text_side.NeighbourSide`) and set
     each side's score levels from its forget and retain pairs (nothing else is fitted);
  3. fit its modulator head (forget pairs vs hard negatives and earlier prototypes);
  4. pick its refusers: a router row fit to the recommendation and load losses
@@ -53,7 +54,9 @@ class Core(Method):
     config_class = CoreConfig
     # forget pairs -> refusers, prototypes, modulator positives; retain pairs -> modulator
     # negatives and the refusers' answer loss; request text -> concept descriptions and
-    # refusal sentences; general pairs -> the instruction side's intent projection.
+    # refusal sentences; general pairs -> the instruction side's intent projection and
+    # answer-state neighbours (the forget questions' answer states also say which general
+    # questions the request covers, `NeighbourSide.texts`).
     reads = ("forget", "retain", "text", "general")
 
     def __init__(self, backbone, config: CoreConfig | None = None):
@@ -130,6 +133,15 @@ class Core(Method):
     def instruction_features(self, instructions: list[str]) -> torch.Tensor:
         """[B, S, d] unit embeddings of each instruction and its clauses (cached per string)."""
         return self.text_side.instructions(list(instructions))
+
+    def clear_instruction_cache(self) -> None:
+        """Forget every instruction read so far (what a stream of new questions costs:
+        `benchmarks/core_latency.py`'s cold runs)."""
+        side = self.text_side
+        for part in (side, getattr(side, "describer", None)):
+            if part is not None:
+                part._cache.clear()
+        minilm().clear()
 
     def visual_embeddings(self, images=None, features: torch.Tensor | None = None) -> torch.Tensor:
         """[B, P', E] the concept encoder's visual embeddings (from backbone features or the images)."""

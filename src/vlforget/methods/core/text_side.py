@@ -19,6 +19,11 @@ sequence, textual AUC of intent vs other test questions: 0.92 raw -> 0.96 projec
 Nothing here is fitted per request: a request only brings its textual descriptions,
 which are embedded and projected the same way, so the phrasings of its forget pairs
 are not what the gate learns.
+
+By default (`intent_neighbours` > 0) the query itself is not read by the encoder but by
+the backbone (`NeighbourSide`): the encoder's projection still places some intents
+next to each other (identifying next to counting and locating), the backbone's state
+just before it answers does not.
 """
 
 from __future__ import annotations
@@ -62,6 +67,10 @@ class MiniLMText:
         if not texts:
             return torch.zeros(0, 384, device="cpu")
         return torch.stack([self._cache[t] for t in texts])
+
+
+    def clear(self) -> None:
+        self._cache.clear()
 
 
 _MINILM: MiniLMText | None = None

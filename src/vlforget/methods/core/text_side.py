@@ -226,9 +226,11 @@ class NeighbourSide:
       state (`instructions`: [B, 1, G] weights, 1/k on each neighbour);
 
     so a query's similarity to a description is the mean of its neighbours' similarities,
-    and `ConceptBank` scores it exactly as before. Nothing is fitted per request and the
-    forget phrasings play no part: the neighbours are general instructions, the
-    descriptions are the request's text.
+    and `ConceptBank` scores it exactly as before. Nothing is fitted per request: the
+    neighbours are general instructions, the descriptions are the request's text, and the
+    request's forget questions enter only through their answer states, as the coverage
+    that lowers general instructions none of them reads like (`texts`); their wording is
+    never compared with a query's.
     """
 
     width = 1

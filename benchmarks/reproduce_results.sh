@@ -5,6 +5,7 @@
 # finished runs are kept (runs/ holds the run folders; results/ gets the tables).
 #
 #   bash benchmarks/reproduce_results.sh            # everything (many hours on 2 CPU cores)
+#   (VLFORGET= and PYTHON= name other executables, e.g. another worktree's venv)
 #   STAGES=tune bash benchmarks/reproduce_results.sh
 #   METHODS=core,idknll STAGES=tune,compare bash benchmarks/reproduce_results.sh
 #
@@ -14,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VLFORGET=${VLFORGET:-.venv/bin/vlforget}
+PYTHON=${PYTHON:-.venv/bin/python}
 STAGES=${STAGES:-tune,compare,attacks,ablations}
 RUNS=${RUNS:-runs}
 ALL=$($VLFORGET methods --names)
@@ -83,7 +85,7 @@ if [[ ",$STAGES," == *",ablations,"* ]]; then
     echo "on the 16 test requests, evaluation phrasings; \`core\` and \`concepts from model\` are the rows of"
     echo "\`results/comparison.md\`. The v1 ablations are in \`results/core_ablations.md\`."
     echo
-    .venv/bin/python benchmarks/summary_table.py "core=$RUNS/cmp-v2/core" \
+    $PYTHON benchmarks/summary_table.py "core=$RUNS/cmp-v2/core" \
         "no modulator=$RUNS/ablate-v2/no-modulator/core" \
         "no concept routing=$RUNS/ablate-v2/no-concept-routing/core" \
         "no calibration=$RUNS/ablate-v2/no-calibration/core" \

@@ -23,7 +23,7 @@ GENERAL_POOL = Benchmark().general_pool
 # every method measurably. Methods not listed run with their defaults.
 FAST = {
     "idknll": {"steps": 30}, "ga": {"steps": 15}, "graddiff": {"steps": 15}, "kl": {"steps": 15},
-    "npo": {"steps": 20}, "ewc": {"steps": 60}, "lwf": {"steps": 30},  # ewc: its default; on model v3 30 steps refuse nothing (tuning record: score 0)
+    "npo": {"steps": 20}, "ewc": {}, "lwf": {"steps": 30},  # ewc at its defaults: on model v3 30 steps refuse nothing (tuning record: score 0)
     "core": {"steps": 60, "lr": 0.03},
     "gmm": {"steps": 30}, "eproj": {"steps": 30}, "moe_adapters": {"steps": 30}, "o3": {"steps": 30},
     "cvf_nullspace": {"steps": 60}, "mmunlearner": {"steps": 15, "fisher_batches": 2},

@@ -49,14 +49,14 @@ def test_report_loads_in_chromium_without_console_errors(report, tmp_path):
 
 @pytest.fixture(scope="module")
 def refusing_run(tmp_path_factory):
-    """One request, trained long enough (60 steps, idknll's default; 30 were enough before model v3) that
-    the built-in model refuses some forget pairs."""
+    """One request, trained long enough (idknll's default steps; 30 were enough before model v3) that the
+    built-in model refuses some forget pairs."""
     from vlforget.models.checkpoints import builtin_path
 
     out = tmp_path_factory.mktemp("refusing")
     config = BenchmarkConfig(seed=0, n_forget_train=8, n_forget_test=6, n_retain_train=8, n_retain_test=6,
                              n_utility=12, version=2)
-    results = ContinualRun("idknll", Benchmark(config), out, lambda: Backbone.load(builtin_path(2)), {"steps": 60},
+    results = ContinualRun("idknll", Benchmark(config), out, lambda: Backbone.load(builtin_path(2)), {},
                            make_judge("lexical"), limit=1, with_views=False).run()
     return write_report({"idknll": results}, {"idknll": out}, out)
 

@@ -60,11 +60,15 @@ class CoreConfig(MethodConfig):
     pick_question: bool = option(True, "score only the clause of an instruction that most resembles a general "
                                        "question (the question inside a pressing sentence); off = the max over "
                                        "the whole text and its clauses. Needs general pairs, skipped without them")
-    intent_neighbours: int = option(15, "a query's textual score is the mean over its k nearest general "
+    intent_neighbours: int = option(15, "a query's textual score is the weighted mean over its k nearest general "
                                         "instructions in the backbone's answer state (the model's last hidden "
                                         "state at the end of the prompt, on a blank image), which tells a "
                                         "shape question from a count or a position one; 0 = the query's own "
                                         "encoder similarity. Needs general pairs, skipped without them", ge=0)
+    neighbour_temperature: float = option(0.1, "with intent_neighbours: weight each of the k neighbours by "
+                                               "exp((cosine - nearest cosine) / temperature) instead of 1/k, so an "
+                                               "intent the general pool asks in few distinct ways is not averaged "
+                                               "with the next intent's questions; 0 = uniform 1/k", ge=0)
     coverage_penalty: float = option(1.0, "with intent_neighbours: a general instruction that none of the request's "
                                           "forget questions reads like (max answer-state cosine c) has its textual "
                                           "similarity lowered by coverage_penalty * (1 - c); 0 = descriptions alone",

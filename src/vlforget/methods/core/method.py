@@ -115,7 +115,7 @@ class Core(Method):
             if self.general is not None and cfg.intent_neighbours > 0:
                 general = list(dict.fromkeys(s.instruction for s in samples))
                 side = NeighbourSide(side, self._prompt_states, cfg.intent_neighbours, general,
-                                     coverage_penalty=cfg.coverage_penalty)
+                                     coverage_penalty=cfg.coverage_penalty, temperature=cfg.neighbour_temperature)
             self._text = side
         return self._text
 
@@ -137,10 +137,7 @@ class Core(Method):
     def clear_instruction_cache(self) -> None:
         """Forget every instruction read so far (what a stream of new questions costs:
         `benchmarks/core_latency.py`'s cold runs)."""
-        side = self.text_side
-        for part in (side, getattr(side, "describer", None)):
-            if part is not None:
-                part._cache.clear()
+        self.text_side.clear()
         minilm().clear()
 
     def visual_embeddings(self, images=None, features: torch.Tensor | None = None) -> torch.Tensor:
@@ -332,7 +329,8 @@ class Core(Method):
             saved = {k[len("text.neighbours."):]: v for k, v in tensors.items() if k.startswith("text.neighbours.")}
             if saved:
                 self._text = NeighbourSide(self._text, self._prompt_states, self.config.intent_neighbours, saved=saved,
-                                           coverage_penalty=self.config.coverage_penalty)
+                                           coverage_penalty=self.config.coverage_penalty,
+                                           temperature=self.config.neighbour_temperature)
         self.bank.load([c["name"] for c in self.concepts], tensors)
         for key in ("head", "row", "load", "proto_features", "proto_visual", "proto_instructions"):
             attr = {"head": "heads", "row": "rows", "load": "loads"}.get(key, key)

@@ -149,6 +149,10 @@ class InstructionSide:
         self.reference = reference
         self._cache: dict[str, torch.Tensor] = {}
 
+    def clear(self) -> None:
+        """Forget every instruction read so far."""
+        self._cache.clear()
+
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         if self.projection is None:
             return x
@@ -222,8 +226,8 @@ class NeighbourSide:
     - a request's textual description is represented by how much each general instruction
       resembles it, read by `describer` (the encoder + intent projection): one row [G] per
       description (`texts`);
-    - a query is the uniform average over its `k` nearest general instructions in answer
-      state (`instructions`: [B, 1, G] weights, 1/k on each neighbour);
+    - a query is the average over its `k` nearest general instructions in answer state,
+      weighted by closeness (`instructions`: [B, 1, G] weights summing to 1);
 
     so a query's similarity to a description is the mean of its neighbours' similarities,
     and `ConceptBank` scores it exactly as before. Nothing is fitted per request: the
@@ -236,10 +240,12 @@ class NeighbourSide:
     width = 1
 
     def __init__(self, describer: InstructionSide, states, k: int, general: list[str] | None = None,
-                 saved: dict[str, torch.Tensor] | None = None, coverage_penalty: float = 0.0):
+                 saved: dict[str, torch.Tensor] | None = None, coverage_penalty: float = 0.0,
+                 temperature: float = 0.0):
         self.describer = describer  # InstructionSide: encoder + projection (+ question picking)
         self.states = states  # list[str] -> [n, H] answer states (the backbone's)
         self.k = k
+        self.temperature = temperature  # 0 = uniform weights over the k neighbours
         self.coverage_penalty = coverage_penalty
         if saved is not None:
             self.general_states, self.general_embedded = saved["states"].float(), saved["embedded"].float()
@@ -251,6 +257,11 @@ class NeighbourSide:
             # each general instruction as the describer reads it (the question, projected)
             self.general_embedded = describer.pieces(describer.pick(list(general)))
         self._cache: dict[str, torch.Tensor] = {}
+
+    def clear(self) -> None:
+        """Forget every instruction read so far (the describer's too)."""
+        self._cache.clear()
+        self.describer.clear()
 
     def _normalise(self, raw: torch.Tensor) -> torch.Tensor:
         return F.normalize((raw - self.state_mean) / self.state_scale, dim=-1)
@@ -286,13 +297,25 @@ class NeighbourSide:
         return rows.contiguous()
 
     def instructions(self, instructions: list[str]) -> torch.Tensor:
-        """[B, 1, G]: 1/k on each instruction's k nearest general instructions (cached per string)."""
+        """[B, 1, G]: weights summing to 1 on each instruction's k nearest general instructions
+        (cached per string): 1/k each, or by closeness with a temperature.
+
+        Why closeness: a general pool asks some intents in few distinct ways (the built-in
+        one: 5 distinct "describe the image" questions, 54 "what is at the top left?"), so
+        with k = 15 a describe question's neighbours were its 5 describe questions and 10
+        size questions at cosine 0.4 (against 0.9-1.0), and its textual score was a third
+        of the way to the size intent's. Weighted by exp((cos - nearest cos) / temperature),
+        neighbours far below the nearest one count for nothing, however many there are."""
         todo = [s for s in dict.fromkeys(instructions) if s not in self._cache]
         if todo:
             questions = self.describer.pick(todo)  # the question inside a pressing sentence
             sims = self._normalise(self.states(questions)) @ self.general_states.T
-            nearest = sims.topk(min(self.k, self.dim), dim=1).indices
-            weights = torch.zeros(len(todo), self.dim, device="cpu").scatter_(1, nearest, 1.0 / nearest.shape[1])
+            nearest = sims.topk(min(self.k, self.dim), dim=1)
+            if self.temperature > 0:
+                share = torch.softmax(nearest.values / self.temperature, dim=1)
+            else:
+                share = torch.full_like(nearest.values, 1.0 / nearest.values.shape[1])
+            weights = torch.zeros(len(todo), self.dim, device="cpu").scatter_(1, nearest.indices, share)
             for s, row in zip(todo, weights):
                 self._cache[s] = row[None].contiguous()
         if not instructions:

@@ -279,6 +279,29 @@ def test_answer_state_neighbours_tell_identify_questions_from_other_intents(benc
     assert (plain >= rows - 1e-6).all()
 
 
+def test_closeness_weighted_neighbours_keep_a_few_phrased_intent_together(bench):
+    """The general pool asks "describe the image" in only a few distinct ways: with 1/k on
+    each of k = 15 neighbours, most of a describe question's weight lands on other intents'
+    questions; weighted by closeness (the default temperature), nearly all of it stays on
+    describe questions. Weights always sum to 1."""
+    from vlforget.methods.core.text_side import NeighbourSide
+
+    core = make_method("core", Backbone.load(), {**TINY, "general_pairs": 3000}, general=bench.general_pool)
+    side = core.text_side
+    assert isinstance(side, NeighbourSide) and side.temperature > 0
+    samples = core.general_pool(3000, "core-intents")
+    general = list(dict.fromkeys(s.instruction for s in samples))
+    intent = {s.instruction: s.intent for s in samples}
+    describe = torch.tensor([intent[g] == "describe" for g in general])
+    assert 0 < int(describe.sum()) < side.k  # few distinct describe questions: the case at stake
+    question = ["list what you see in the image."]  # an evaluation phrasing, not in the pool
+    weighted = side.instructions(question)[0, 0]
+    uniform = NeighbourSide(side.describer, side.states, side.k, saved=side.saved()).instructions(question)[0, 0]
+    assert torch.allclose(weighted.sum(), torch.tensor(1.0)) and torch.allclose(uniform.sum(), torch.tensor(1.0))
+    assert float(weighted[describe].sum()) > 0.9
+    assert float(uniform[describe].sum()) < 0.5
+
+
 def test_the_answer_state_is_read_without_the_refusers(bench):
     """Reading answer states runs the backbone; while CORE is steering a generation its hook
     must not take that forward for a queued query (the queue would shift by a batch)."""

@@ -115,6 +115,21 @@ def test_fixed_length_generation_continues_the_greedy_answer(backbone, samples):
         assert long.startswith(short) and len(long) > len(short)
 
 
+def test_generation_runs_in_eval_mode_and_restores_the_callers_mode(backbone, samples):
+    """A method mid-training (dropout on) that asks for answers gets the eval-mode answers,
+    and its train mode back afterwards."""
+    images, instructions = [s.image for s in samples], [s.instruction for s in samples]
+    backbone.model.eval()
+    expected = backbone.generate(images, instructions)
+    backbone.model.train()
+    try:
+        assert backbone.generate(images, instructions) == expected
+        assert backbone.model.training
+    finally:
+        backbone.model.eval()
+    assert not backbone.model.training
+
+
 def test_is_refusal():
     assert is_refusal("sorry, there is no star in the image.")
     assert is_refusal("I cannot say whether there are crosses.")

@@ -23,6 +23,7 @@ Next to it: `inputs` (pixels and token batches), `checkpoints` (model folders,
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -284,6 +285,17 @@ class Backbone:
         return batch
 
     # -- outputs ---------------------------------------------------------------------
+    @contextmanager
+    def eval_mode(self):
+        """The model in eval mode (no dropout) for the block, its own mode restored after:
+        a method may be mid-training when it asks for answers or answer states."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+
     @torch.no_grad()
     def generate(self, images: Sequence[Image.Image], instructions: Sequence[str], max_new_tokens: int = 24,
                  batch_size: int = 64, min_new_tokens: int = 0) -> list[str]:
@@ -291,10 +303,8 @@ class Backbone:
 
         `min_new_tokens` = `max_new_tokens` makes every answer exactly that long (end-of-sequence
         suppressed): the latency benchmarks use it to compare compute at equal work."""
-        was_training = self.model.training
-        self.model.eval()
         answers: list[str] = []
-        try:
+        with self.eval_mode():
             for start in range(0, len(images), batch_size):
                 batch = self.build_batch(images[start:start + batch_size], instructions[start:start + batch_size])
                 out = self.model.generate(**batch, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
@@ -303,8 +313,6 @@ class Backbone:
                                           eos_token_id=self.tokenizer.eos_token_id)
                 new = out[:, batch["input_ids"].shape[1]:]
                 answers += [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
-        finally:
-            self.model.train(was_training)
         return answers
 
     @torch.no_grad()
@@ -315,10 +323,8 @@ class Backbone:
         what kind of answer the model is about to give (CORE's textual side reads it)."""
         size = int(self.meta["image_size"])
         blank = Image.new("RGB", (size, size), tuple(round(255 * m) for m in per_channel(self.meta["pixel_mean"])))
-        was_training = self.model.training
-        self.model.eval()
         rows = []
-        try:
+        with self.eval_mode():
             for start in range(0, len(instructions), batch_size):
                 chunk = list(instructions[start:start + batch_size])
                 batch = self.build_batch([blank] * len(chunk), chunk)
@@ -326,8 +332,6 @@ class Backbone:
                 positions = torch.arange(hidden.shape[1], device=hidden.device)
                 last = (batch["attention_mask"].to(hidden.device) * positions).argmax(1)  # any padding side
                 rows.append(hidden[torch.arange(len(chunk), device=hidden.device), last].float().cpu())
-        finally:
-            self.model.train(was_training)
         return torch.cat(rows) if rows else torch.zeros(0, self.model.get_input_embeddings().weight.shape[1])
 
     def answer_logprobs(self, images: Sequence[Image.Image], instructions: Sequence[str],

@@ -144,6 +144,18 @@ def test_concepts_from_every_source(trained, requests):
     assert any("count" in d or "how many" in d for d in mined.textual), mined.textual[:4]
 
 
+def test_mined_intents_are_read_against_the_general_questions(requests, bench):
+    """A request on identifying stars keeps identify questions about other images in its
+    retain set, so against the retain instructions its intent barely stood out; against
+    the general pool's questions (what questions ask in general) both of its intents do,
+    and a counting request mines counting alone."""
+    general = [s.instruction for s in bench.general_pool(3000, "core-intents")]
+    decomposer = Decomposer(None, general_instructions=general)
+    star, red = decomposer.mine_textual(requests[0]), decomposer.mine_textual(requests[1])
+    assert "identifying what an object is" in star and "describing the whole image" in star, star[:8]
+    assert "counting objects" in red and not any("identif" in d or "colour" in d for d in red), red[:8]
+
+
 def test_refusers_reused_for_related_and_new_for_novel(trained):
     star, red, blue = trained.info
     # Every request trains one refuser of its own that no earlier request used ...

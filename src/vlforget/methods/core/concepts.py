@@ -8,10 +8,12 @@ Three sources, same output shape:
   ("describe the image.") and every retain image; the caption words (and adjacent word
   pairs) that appear in most forget captions and clearly more often than in retain
   captions become the concept ("an image with red star"), whatever the vocabulary. Textual: each forget
-  instruction is matched (MiniLM) to the nearest phrase of a fixed, generic bank of
-  intent phrases; phrases that cover many forget instructions and few retain ones
-  become the intent concepts. If nothing stands out, the side is "any image" /
-  "any question", which the modulator then learns to ignore.
+  instruction votes (MiniLM, nearest phrase) for one intent of a fixed, generic bank of
+  intents, each a group of phrases; intents that many forget instructions vote for,
+  clearly more often than the benchmark's general instructions do (the retain
+  instructions when no general pairs are given), become the intent concepts. If nothing
+  stands out, the side is "any image" / "any question", which the modulator then learns
+  to ignore.
 """
 
 from __future__ import annotations
@@ -29,17 +31,25 @@ ANY_INSTRUCTION = ["any question", "whatever is asked", "an instruction of any k
 STOPWORDS = frozenset("a an the and or of in on at to with is are there this that it its image picture shows "
                       "showing some one".split())
 
-# A generic bank of instruction intents (not tied to the benchmark's templates).
-INTENT_BANK = [
-    "counting objects", "asking how many things there are", "naming the colour of an object",
-    "asking which colour something is", "asking where an object is", "locating an object in the picture",
-    "identifying what an object is", "naming an object", "asking about the size of an object",
-    "asking whether an object is big or small", "asking about the pattern or texture of an object",
-    "asking whether something is striped or solid", "asking whether an object is present",
-    "checking if the image contains something", "asking about the background colour",
-    "describing the whole image", "listing the objects in the image", "comparing two objects",
-    "asking which object is larger", "reading a number or digit",
+# A generic bank of instruction intents (not tied to the benchmark's templates): each
+# intent is a group of phrases; a forget instruction votes for the intent of its nearest
+# phrase, so near-synonyms of one intent do not split its votes.
+INTENT_GROUPS = [
+    ["counting objects", "asking how many things there are"],
+    ["naming the colour of an object", "asking which colour something is"],
+    ["asking where an object is", "locating an object in the picture"],
+    ["identifying what an object is", "naming an object"],
+    ["asking about the size of an object", "asking whether an object is big or small"],
+    ["asking about the pattern or texture of an object", "asking whether something is striped or solid"],
+    ["asking whether an object is present", "checking if the image contains something",
+     "asking if there is a certain thing in the picture", "asking whether something can be seen"],
+    ["asking about the background colour"],
+    ["describing the whole image", "listing the objects in the image"],
+    ["comparing two objects", "asking which object is larger"],
+    ["reading a number or digit"],
 ]
+INTENT_BANK = [phrase for group in INTENT_GROUPS for phrase in group]
+_GROUP_OF = [g for g, group in enumerate(INTENT_GROUPS) for _ in group]
 CAPTION_PROMPT = "describe the image."
 FRAMES_V = ["{p}", "an image with {p}", "a picture showing {p}", "a scene containing {p}"]
 FRAMES_T = ["{p}", "a request about {p}", "an instruction for {p}", "a question on {p}"]
@@ -48,9 +58,12 @@ FRAMES_T = ["{p}", "a request about {p}", "an instruction for {p}", "a question 
 class Decomposer:
     """Produces a request's concept descriptions from one of three sources."""
 
-    def __init__(self, backbone=None, max_descriptions: int = 48):
+    def __init__(self, backbone=None, max_descriptions: int = 48, general_instructions: list[str] | None = None):
         self.backbone = backbone
         self.max_descriptions = max_descriptions
+        # What questions ask in general: the base rate an intent must clearly exceed among
+        # the forget instructions to be the request's intent (`mine_textual`).
+        self.general_instructions = general_instructions
 
     def __call__(self, request: DeletionRequest, source: str = "request") -> Concepts:
         if source == "request" and request.concepts is not None:
@@ -124,20 +137,32 @@ class Decomposer:
         return [f.format(p=c) for f in FRAMES_V for c in cores]
 
     def mine_textual(self, request: DeletionRequest) -> list[str]:
+        """The intents (groups of `INTENT_GROUPS`) that many forget instructions are nearest
+        to, clearly more often than the general instructions are (the retain instructions
+        when no general pairs are given).
+
+        Why the general base rate: a request on one kind of question about one kind of
+        image keeps that kind of question about other images in its retain set, so against
+        the retain instructions its intent barely stood out (validation sequence:
+        triangle-identity mined "any question"). Why groups: votes split between
+        near-synonyms ("identifying what an object is" / "naming an object") left each
+        under the bar. docs/methods.md, "Concepts mined from the model"."""
         from vlforget.methods.core.text_side import minilm
 
         encode_texts = minilm()
         bank = encode_texts(INTENT_BANK)
 
-        def nearest(instructions: list[str]) -> Counter:
+        def votes(instructions: list[str]) -> Counter:
             if not instructions:
                 return Counter()
-            return Counter((encode_texts(instructions) @ bank.T).argmax(1).tolist())
+            return Counter(_GROUP_OF[i] for i in (encode_texts(instructions) @ bank.T).argmax(1).tolist())
 
-        f = nearest([s.instruction for s in request.forget_train])
-        r = nearest([s.instruction for s in request.retain_train])
-        n_f, n_r = len(request.forget_train), max(1, len(request.retain_train))
-        cores = [INTENT_BANK[i] for i, c in f.items() if c / n_f >= 0.15 and c / n_f - r[i] / n_r >= 0.1]
-        if not cores or sum(f[INTENT_BANK.index(c)] for c in cores) / n_f < 0.6:
-            return list(ANY_INSTRUCTION)  # no intent dominates the forget instructions
-        return [fr.format(p=c) for fr in FRAMES_T for c in cores]
+        base_instructions = self.general_instructions or [s.instruction for s in request.retain_train]
+        f, base = votes([s.instruction for s in request.forget_train]), votes(base_instructions)
+        n_f, n_base = len(request.forget_train), max(1, len(base_instructions))
+        intents = [g for g, c in sorted(f.items()) if c / n_f >= 0.15 and c / n_f - base[g] / n_base >= 0.1]
+        if not intents or sum(f[g] for g in intents) / n_f < 0.6:
+            # the forget instructions ask what questions ask in general, or one intent
+            # stands out by chance among many (32 pairs of a visual-only request)
+            return list(ANY_INSTRUCTION)
+        return [fr.format(p=p) for fr in FRAMES_T for g in intents for p in INTENT_GROUPS[g]]

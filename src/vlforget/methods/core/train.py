@@ -239,7 +239,9 @@ def apply_request(core, request: DeletionRequest) -> None:
     rng = random.Random(seed)
     torch.manual_seed(seed)
 
-    concepts = Decomposer(core.backbone, cfg.max_descriptions)(request, cfg.concept_source)
+    general = ([s.instruction for s in core.general_pool(cfg.general_pairs, "core-intents")]
+               if core.general is not None else None)
+    concepts = Decomposer(core.backbone, cfg.max_descriptions, general)(request, cfg.concept_source)
     pairs = encode_pairs(core, request)
     add_concepts(core, request, concepts, pairs, t)
     head, modulator_acc, zf_all = fit_modulator(core, pairs, t, seed)

@@ -150,10 +150,23 @@ def test_mined_intents_are_read_against_the_general_questions(requests, bench):
     the general pool's questions (what questions ask in general) both of its intents do,
     and a counting request mines counting alone."""
     general = [s.instruction for s in bench.general_pool(3000, "core-intents")]
-    decomposer = Decomposer(None, general_instructions=general)
+    decomposer = Decomposer(None, general_instructions=lambda: general)
     star, red = decomposer.mine_textual(requests[0]), decomposer.mine_textual(requests[1])
     assert "identifying what an object is" in star and "describing the whole image" in star, star[:8]
     assert "counting objects" in red and not any("identif" in d or "colour" in d for d in red), red[:8]
+
+
+def test_core_mines_a_requests_concepts_when_asked(requests, bench):
+    """`concept_source: model` through `unlearn`: the request's written descriptions are not
+    read; the concepts come from the model's captions and the general pool's questions."""
+    core = make_method("core", _backbone(), {"steps": 2, "modulator_steps": 20, "router_steps": 5,
+                                             "concept_source": "model"}, general=bench.general_pool)
+    core.unlearn(requests[1])  # red-count
+    mined = core.concepts[0]
+    assert mined["source"] == "model"
+    assert any("red" in d for d in mined["visual"]), mined["visual"][:4]
+    assert any("counting" in d for d in mined["textual"]), mined["textual"][:4]
+    assert mined["textual"] != list(requests[1].concepts.textual)  # not the written descriptions
 
 
 def test_refusers_reused_for_related_and_new_for_novel(trained):

@@ -19,6 +19,7 @@ Three sources, same output shape:
 from __future__ import annotations
 
 from collections import Counter
+from typing import Callable
 
 from vlforget.types import Concepts, DeletionRequest
 
@@ -58,11 +59,13 @@ FRAMES_T = ["{p}", "a request about {p}", "an instruction for {p}", "a question 
 class Decomposer:
     """Produces a request's concept descriptions from one of three sources."""
 
-    def __init__(self, backbone=None, max_descriptions: int = 48, general_instructions: list[str] | None = None):
+    def __init__(self, backbone=None, max_descriptions: int = 48,
+                 general_instructions: Callable[[], list[str]] | None = None):
         self.backbone = backbone
         self.max_descriptions = max_descriptions
         # What questions ask in general: the base rate an intent must clearly exceed among
-        # the forget instructions to be the request's intent (`mine_textual`).
+        # the forget instructions to be the request's intent (`mine_textual`). A callable,
+        # so the general pool is only drawn when a request's intents are mined.
         self.general_instructions = general_instructions
 
     def __call__(self, request: DeletionRequest, source: str = "request") -> Concepts:
@@ -157,7 +160,8 @@ class Decomposer:
                 return Counter()
             return Counter(_GROUP_OF[i] for i in (encode_texts(instructions) @ bank.T).argmax(1).tolist())
 
-        base_instructions = self.general_instructions or [s.instruction for s in request.retain_train]
+        general = self.general_instructions() if self.general_instructions is not None else None
+        base_instructions = general or [s.instruction for s in request.retain_train]
         f, base = votes([s.instruction for s in request.forget_train]), votes(base_instructions)
         n_f, n_base = len(request.forget_train), max(1, len(base_instructions))
         intents = [g for g, c in sorted(f.items()) if c / n_f >= 0.15 and c / n_f - base[g] / n_base >= 0.1]

@@ -239,8 +239,8 @@ def apply_request(core, request: DeletionRequest) -> None:
     rng = random.Random(seed)
     torch.manual_seed(seed)
 
-    general = ([s.instruction for s in core.general_pool(cfg.general_pairs, "core-intents")]
-               if core.general is not None else None)
+    general = ((lambda: [s.instruction for s in core.general_pool(cfg.general_pairs, "core-intents")])
+               if core.general is not None else None)  # drawn only if the request's intents are mined
     concepts = Decomposer(core.backbone, cfg.max_descriptions, general)(request, cfg.concept_source)
     pairs = encode_pairs(core, request)
     add_concepts(core, request, concepts, pairs, t)

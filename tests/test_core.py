@@ -183,7 +183,7 @@ def test_related_request_is_read_by_task_similarity(trained):
     # blue-count (same question as red-count, other colour) is clearly closer to red-count
     # than to star-identity, and reads red-count's refuser. (With uniform answer-state
     # neighbours, model v3 put it at 0.44 vs 0.41: count questions were averaged with
-    # other intents' neighbours; docs/methods.md, "CORE on model v3".)
+    # other intents' neighbours; docs/methods.md, "CORE with closeness-weighted neighbours".)
     assert blue["similarity"]["red-count"] > blue["similarity"]["star-identity"] + 0.1
     assert set(blue["shared"]) <= set(red["refusers"])
 

@@ -114,10 +114,16 @@ class Core(Method):
             side = InstructionSide(self._text_encode(), projection, reference)
             if self.general is not None and cfg.intent_neighbours > 0:
                 general = list(dict.fromkeys(s.instruction for s in samples))
-                side = NeighbourSide(side, self._prompt_states, cfg.intent_neighbours, general,
-                                     coverage_penalty=cfg.coverage_penalty, temperature=cfg.neighbour_temperature)
+                side = self._neighbour_side(side, general=general)
             self._text = side
         return self._text
+
+    def _neighbour_side(self, describer: InstructionSide, **source) -> NeighbourSide:
+        """The answer-state neighbour side at this config's settings, built from the general
+        instructions (`general=`) or restored from a saved state (`saved=`)."""
+        cfg = self.config
+        return NeighbourSide(describer, self._prompt_states, cfg.intent_neighbours, **source,
+                             coverage_penalty=cfg.coverage_penalty, temperature=cfg.neighbour_temperature)
 
     def _prompt_states(self, texts: list[str]) -> torch.Tensor:
         """The backbone's answer states (`Backbone.prompt_states`), never steered by CORE's hook."""
@@ -328,9 +334,7 @@ class Core(Method):
             self._text = InstructionSide(self._text_encode(), projection, reference)
             saved = {k[len("text.neighbours."):]: v for k, v in tensors.items() if k.startswith("text.neighbours.")}
             if saved:
-                self._text = NeighbourSide(self._text, self._prompt_states, self.config.intent_neighbours, saved=saved,
-                                           coverage_penalty=self.config.coverage_penalty,
-                                           temperature=self.config.neighbour_temperature)
+                self._text = self._neighbour_side(self._text, saved=saved)
         self.bank.load([c["name"] for c in self.concepts], tensors)
         for key in ("head", "row", "load", "proto_features", "proto_visual", "proto_instructions"):
             attr = {"head": "heads", "row": "rows", "load": "loads"}.get(key, key)

@@ -74,6 +74,7 @@ CONFIG_CASES = [
     ("source.yaml", "concept_source: [request]\n", "core", "field 'concept_source' must be a string, got ['request']"),
     ("source-name.yaml", "concept_source: magic\n", "core", "unknown concept_source 'magic'"),
     ("topk.yaml", "top_k: 50\n", "core", "top_k must be in 1..pool_size (20), got 50"),
+    ("temperature.yaml", "neighbour_temperature: -0.1\n", "core", "field 'neighbour_temperature' must be >= 0, got -0.1"),
     ("seed.yaml", "seed: -5\n", "idknll", "field 'seed' must be >= 0, got -5"),
     ("encoder.yaml", "concept_encoder: no-such-clip\n", "core", "concept_encoder 'no-such-clip' is neither a model folder"),
 ]

@@ -87,6 +87,24 @@ def test_core_protocol_runs_to_the_report(release, checkout, tmp_path):
     assert json.loads((tmp_path / "own" / "results.json").read_text())["config"]["use_retain"] is True
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.05])
+def test_neighbour_temperature_from_a_config_file_on_builtin_and_loaded_data(temperature, release, tmp_path):
+    """`neighbour_temperature` (0 = the uniform 1/k weights) set in the file `--config`
+    reads, on the built-in benchmark and on data in CORE's layout: the run records it and
+    its saved state answers through `chat` with it."""
+    config = _write(tmp_path / "t.yaml", {**TINY_CORE, "neighbour_temperature": temperature})
+    data = {"builtin": [], "loaded": ["--dataset", "core", "--data", release, "--judge", "lexical"]}
+    for name, extra in data.items():
+        out = tmp_path / name
+        result = _cli("run", *extra, "--method", "core", "--config", config, "--limit", 1, "--out", out)
+        assert result.exit_code == 0, (name, result.output)
+        results = json.loads((out / "results.json").read_text())
+        assert results["config"]["neighbour_temperature"] == temperature, name
+        example = results["examples"][0]
+        chat = _cli("chat", "--image", out / example["image"], "--state", out, example["instruction"])
+        assert chat.exit_code == 0, (name, chat.output)
+
+
 def _write(path, data):
     path.write_text(yaml.safe_dump(data))
     return path

@@ -100,6 +100,23 @@ def test_method_identity_follows_defaults_overrides_and_source():
     assert method_identity(idknll, {})["source_sha256"] != method_identity(core, {})["source_sha256"]
 
 
+def test_method_identity_follows_the_methods_shipped_assets(tmp_path):
+    """Rebuilt data files a method ships (CORE's concept heads) make its tuned points stale,
+    like edited source: the record must not be reused for different heads."""
+    from vlforget.evaluation.tuning import method_identity
+    from vlforget.methods import method_class
+
+    assert "assets/scorer" in method_class("core").assets
+    idknll = method_class("idknll")
+    (tmp_path / "heads.safetensors").write_bytes(b"weights v1")
+    with_asset = type("WithAsset", (idknll,), {"assets": (str(tmp_path),), "__module__": idknll.__module__})
+    before = method_identity(with_asset, {})["source_sha256"]
+    assert before != method_identity(idknll, {})["source_sha256"]
+    assert method_identity(with_asset, {})["source_sha256"] == before
+    (tmp_path / "heads.safetensors").write_bytes(b"weights v2")
+    assert method_identity(with_asset, {})["source_sha256"] != before
+
+
 def test_none_changes_nothing_and_tables_show_na_for_methods_that_never_refuse():
     from vlforget.models.backbone import Backbone
     from vlforget.data.benchmark import Benchmark, BenchmarkConfig

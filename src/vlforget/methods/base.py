@@ -84,6 +84,11 @@ class Method(ABC):
     # gates or encoders on general data call `self.general_pool`, so none of them reads
     # the built-in world when a loaded benchmark is in use. None: the caller gave none.
     general: Callable[[int, str], list[Sample]] | None = None
+    # Data files shipped with the package that change what the method does (CORE's
+    # concept heads for the built-in model), relative to the `vlforget` package. They
+    # are part of a tuned point's identity like the source: rebuilt heads make a stale
+    # tuning record, not a silently reused one (`evaluation.tuning.method_identity`).
+    assets: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backbone, config: Any | None = None):
         self.backbone = backbone

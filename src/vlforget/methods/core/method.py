@@ -58,6 +58,7 @@ class Core(Method):
     # answer-state neighbours (the forget questions' answer states also say which general
     # questions the request covers, `NeighbourSide.texts`).
     reads = ("forget", "retain", "text", "general")
+    assets = ("assets/scorer",)  # the built-in model's concept heads (`encoders.shipped_dir`)
 
     def __init__(self, backbone, config: CoreConfig | None = None):
         super().__init__(backbone, config)

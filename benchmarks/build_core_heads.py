@@ -123,7 +123,8 @@ def train_heads_on_scenes(backbone, seed: int = 0, n_images: int = 2500, steps: 
         other_shape = ((tc[..., 0] != -1) & (tc[..., 0] != pc[..., 0])).float()
         negative = (1 - label) * (1 + shape_negative_weight * other_shape)
         pos = label.sum().clamp(min=1)
-        loss = (F.softplus(-logits) * label).sum() / pos + (F.softplus(logits) * negative).sum() / negative.sum().clamp(min=1e-6)
+        loss = ((F.softplus(-logits) * label).sum() / pos
+                + (F.softplus(logits) * negative).sum() / negative.sum().clamp(min=1e-6))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -146,10 +147,11 @@ def main() -> None:  # pragma: no cover - asset maintenance
     torch.set_num_threads(2)
     began = time.perf_counter()
     heads = train_heads_on_scenes(Backbone.load(args.model), seed=args.seed, log=print)
+    rebuild = f"python benchmarks/build_core_heads.py --out src/vlforget/assets/scorer --seed {args.seed}"
+    note = ("CORE's concept heads for the built-in vision tower (vlforget.methods.core.encoders.BackboneHeads); "
+            "built from the general train pool only")
     save_heads(heads, args.out, {"seed": args.seed, "train_seconds": round(time.perf_counter() - began, 1),
-                                 "rebuild": f"python benchmarks/build_core_heads.py --out src/vlforget/assets/scorer --seed {args.seed}",
-                                 "note": "CORE's concept heads for the built-in vision tower (vlforget.methods.core.encoders."
-                                         "BackboneHeads); built from the general train pool only"})
+                                 "rebuild": rebuild, "note": note})
     print(f"saved to {args.out} in {time.perf_counter() - began:.1f} s")
 
 

@@ -18,12 +18,12 @@ Near misses weigh more: a negative whose phrase names a shape other than the pat
 (a small circle against "a square") counts `shape_negative_weight` (3) times, and the
 heads train 4000 steps with a cosine learning-rate decay. Why: most negatives in a batch
 are easy (another colour, another attribute), so the tail that makes false gates (small
-circles read as squares) was barely trained on; the digit one's far tail did not improve
-(FPR at TPR 99 9.3% -> 10.7%). Chosen on held-out
-general images (`scorer_auc.py`: mean shape+colour FPR at TPR 90 / 99 0.65% / 2.54% ->
-0.34% / 1.85%; square 1.2% / 3.7% -> 0.2% / 1.9%) and the validation sequence's gate
-bounds (`core_gate.py`, CRR/AR/S 95.9/97.5/98.0 -> 97.5/99.1/98.0), against weight 10,
-near misses in any one attribute, focal weighting and 1500 steps (docs/methods.md).
+circles read as squares) was barely trained on. Chosen on held-out general images
+(`scorer_auc.py`: mean shape+colour FPR at TPR 90 / 99 0.65% / 2.54% -> 0.34% / 1.85%;
+square 1.2% / 3.7% -> 0.2% / 1.9%; the digit one's far tail did not improve, 9.3% ->
+10.7% at TPR 99) and the validation sequence's gate bounds (`core_gate.py`, CRR/AR/S
+95.9/97.5/98.0 -> 97.5/99.1/98.0), against weight 10, near misses in any one attribute,
+focal weighting and 1500 steps (docs/methods.md, "CORE with near-miss heads").
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def train_heads_on_scenes(backbone, seed: int = 0, n_images: int = 2500, steps: 
         codes[i, :, 4] = vocab["background"][scene.background]
         for obj in scene.objects:
             if obj.cell < p:
-                codes[i, obj.cell, :4] = torch.tensor(_codes({k: getattr(obj, k) for k in ATTRS[:4]}, vocab)[:4], device="cpu")
+                attrs = {k: getattr(obj, k) for k in ATTRS[:4]}
+                codes[i, obj.cell, :4] = torch.tensor(_codes(attrs, vocab)[:4], device="cpu")
     # Phrase bank: random attribute subsets of random objects, plus background-only phrases.
     bank: dict[str, list[int]] = {}
     while len(bank) < n_phrases:

@@ -12,7 +12,13 @@ whether the instruction has one of j's intents; for a missed forget pair, whethe
 scaled visual / textual score reached 0.5 (both did: the head's cut is too strict).
 Prints JSON.
 
-    python benchmarks/core_gate.py ['{"negative_weight": 3}']
+`--probe` adds request types the validation sequence lacks but the test sequence has
+(`PROBE_REQUESTS`: either-scope requests on comparing and on size, a two-value visual
+concept), still on validation images and phrasings, with 150 utility pairs (the wider
+scopes leave fewer general pairs outside every request). A setting that only the
+test sequence's request types would reward shows here, not only on the test.
+
+    python benchmarks/core_gate.py ['{"negative_weight": 3}'] [--probe]
 """
 
 from __future__ import annotations
@@ -25,14 +31,36 @@ from collections import Counter
 import torch
 
 from vlforget.data.benchmark import Benchmark, BenchmarkConfig
+from vlforget.data.requests import VALIDATION_REQUESTS, RequestSpec, load_specs
 from vlforget.methods import make_method
 from vlforget.models.backbone import Backbone
 
+# Request types of the test sequence that the validation sequence has none of. Their
+# objects and intents avoid the validation requests' own, so no earlier request's forget
+# pairs fall in their scopes.
+PROBE_REQUESTS = [
+    RequestSpec(name="star-or-compare", description="Do not discuss images with stars, and do not compare sizes.",
+                refusals=["sorry, i cannot discuss stars or compare sizes."], mode="either",
+                visual={"shape": "star"}, intents=["compare"]),
+    RequestSpec(name="square-or-size", description="Do not discuss images with squares, and do not judge sizes.",
+                refusals=["sorry, i cannot discuss squares or judge sizes."], mode="either",
+                visual={"shape": "square"}, intents=["size"]),
+    RequestSpec(name="zero-one-background", description="Do not name the background of images with a zero or a one.",
+                refusals=["sorry, i cannot name backgrounds behind zeros and ones."], mode="both",
+                visual={"shape": ["zero", "one"]}, intents=["background"]),
+]
+
 
 def main() -> None:
-    overrides = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    args = [a for a in sys.argv[1:] if a != "--probe"]
+    overrides = json.loads(args[0]) if args else {}
+    probe = "--probe" in sys.argv[1:]
     backbone = Backbone.load()
-    bench = Benchmark(BenchmarkConfig(sequence="validation"))
+    if probe:
+        bench = Benchmark(BenchmarkConfig(sequence="validation", n_utility=150),
+                          specs=load_specs(VALIDATION_REQUESTS) + PROBE_REQUESTS)
+    else:
+        bench = Benchmark(BenchmarkConfig(sequence="validation"))
     core = make_method("core", backbone, {"steps": 0, "router_steps": 5, **overrides}, general=bench.general_pool)
     requests = bench.requests()
     began = time.perf_counter()
@@ -91,6 +119,7 @@ def main() -> None:
                        "s_bound": round(100 * float((util.max(1).values < th).float().mean()), 1)}
     print(json.dumps({
         "overrides": overrides,
+        "sequence": "validation + probe requests" if probe else "validation",
         "crr_bound": mean("forget_routed_to_own"),
         "ar_bound": mean("retain_ungated"),
         "s_bound": round(100 * float((utility.max(1).values < th).float().mean()), 1),

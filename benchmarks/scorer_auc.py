@@ -21,14 +21,9 @@ from sklearn.metrics import roc_auc_score
 
 from vlforget.data.benchmark import general_samples
 from vlforget.data.scenes import CATEGORIES, COLOURS
+from vlforget.evaluation.separation import fpr_at_tpr
 from vlforget.methods.core.encoders import load_heads, vision_features
 from vlforget.models.backbone import Backbone
-
-
-def fpr_at_tpr(scores: torch.Tensor, labels: torch.Tensor, tpr: float) -> float:
-    """Share of negatives at or above the threshold that keeps `tpr` of the positives."""
-    threshold = scores[labels].quantile(1 - tpr)
-    return float((scores[~labels] >= threshold).float().mean())
 
 
 def shape_probe(backbone, n_images: int = 2500, steps: int = 1500, seed: int = 0):

@@ -46,3 +46,16 @@ def test_core_gate_bounds_and_error_breakdown_agree():
     assert breakdown == missed
     utility_gates = sum(v for k, v in report["errors"].items() if k.startswith("utility"))
     assert utility_gates >= round(300 * (100 - report["s_bound"]) / 100)
+
+
+def test_core_gate_probe_adds_the_request_types_validation_lacks():
+    report = run_script("core_gate.py", "--probe")
+    rows = report["per_request"]
+    assert report["sequence"] == "validation + probe requests"
+    assert len(rows) == 11 and list(rows)[:1] == ["triangle-identity"]
+    assert list(rows)[8:] == ["star-or-compare", "square-or-size", "zero-one-background"]
+    for key in ("crr_bound", "ar_bound", "s_bound"):
+        assert 50.0 < report[key] <= 100.0
+    # 150 utility pairs on the probe (wider scopes leave fewer general pairs outside them all)
+    utility_gates = sum(v for k, v in report["errors"].items() if k.startswith("utility"))
+    assert utility_gates >= round(150 * (100 - report["s_bound"]) / 100)

@@ -1,10 +1,12 @@
 """Metric formulas on small hand-computed cases."""
 
 import pytest
+import torch
 
 from vlforget.evaluation.judge import Verdict, make_judge
 from vlforget.evaluation.metrics import (METRICS, contains_answer, exact_match, normalise_answer, refusal_deviation,
                                          specificity, step_metrics, summarize)
+from vlforget.evaluation.separation import fpr_at_tpr
 
 
 class StubJudge:
@@ -150,3 +152,16 @@ def test_clean_refusal_on_hand_made_rows():
                        refusals=REFUSALS, refuses=False)
     assert never["clean_refusal"] is None  # a method that never refuses: n/a, whatever it said
     assert summarize([{"clean_refusal": None}, {"clean_refusal": 50.0}])["clean_refusal_avg"] == 50.0
+
+
+def test_fpr_at_tpr_counts_negatives_above_the_positives_cut():
+    # positives 1..10: TPR 90 keeps those >= 1.9 (the 10% quantile); negatives 0, 0.5, 2, 5
+    scores = torch.tensor([1., 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 0.5, 2, 5])
+    positive = torch.tensor([True] * 10 + [False] * 4)
+    assert fpr_at_tpr(scores, positive, 0.9) == 0.5
+    assert fpr_at_tpr(scores, positive, 1.0) == 0.5  # cut at the lowest positive, 1
+    assert fpr_at_tpr(scores, positive, 0.1) == 0.0  # cut near the top positive
+    with pytest.raises(ValueError, match="positive and one negative"):
+        fpr_at_tpr(scores[:10], positive[:10], 0.9)
+    with pytest.raises(ValueError, match="tpr"):
+        fpr_at_tpr(scores, positive, 0.0)

@@ -23,8 +23,8 @@ test sequence's request types would reward shows here, not only on the test.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from collections import Counter
 
@@ -52,9 +52,11 @@ PROBE_REQUESTS = [
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--probe"]
-    overrides = json.loads(args[0]) if args else {}
-    probe = "--probe" in sys.argv[1:]
+    parser = argparse.ArgumentParser(description="CORE's gate bounds on the validation sequence (JSON)")
+    parser.add_argument("overrides", nargs="?", default="{}", help="CORE config overrides as JSON")
+    parser.add_argument("--probe", action="store_true", help="append PROBE_REQUESTS to the validation sequence")
+    args = parser.parse_args()
+    overrides, probe = json.loads(args.overrides), args.probe
     backbone = Backbone.load()
     if probe:
         bench = Benchmark(BenchmarkConfig(sequence="validation", n_utility=150),

@@ -14,18 +14,19 @@ An image-level InfoNCE term on (image, full caption) pairs was part of the loss 
 measured harmful (image-level shape AUC 0.95-0.999 with it, 0.988-1.0 without,
 `benchmarks/scorer_auc.py`).
 
-Near misses weigh more: a negative whose phrase names a shape other than the patch's
-(a small circle against "a square") counts `shape_negative_weight` (3) times, and the
-heads train 8000 steps with a cosine learning-rate decay. Why: most negatives in a batch
-are easy (another colour, another attribute), so the tail that makes false gates (small
+Near misses weigh more: a negative whose phrase names a shape other than the patch's (a
+small circle against "a square") counts `shape_negative_weight` (3) times, and the heads
+train 8000 steps with a cosine learning-rate decay. Why: most negatives in a batch are
+easy (another colour, another attribute), so the tail that makes false gates (small
 circles read as squares) was barely trained on. Chosen on held-out general images
 (`scorer_auc.py`: mean shape+colour FPR at TPR 90 / 99 0.65% / 2.54% -> 0.34% / 1.85% at
 4000 steps; square 1.2% / 3.7% -> 0.2% / 1.9%; the digit one's far tail did not improve,
 9.3% -> 10.7% at TPR 99) and the validation sequence's gate bounds (`core_gate.py`,
 CRR/AR/S 95.9/97.5/98.0 -> 97.5/99.1/98.0), against weight 10, near misses in any one
-attribute, focal weighting and 1500 steps (docs/methods.md, "CORE with near-miss heads"). 8000 steps
-rather than 4000: FPR at TPR 99 1.85% -> 1.57% on the same images, validation bounds
-97.5/99.1/98.0 -> 97.8/99.4/98.0 (5000 images instead of 2500: 1.85%, 97.8/99.1/98.3).
+attribute, focal weighting and 1500 steps (docs/methods.md, "CORE with near-miss
+heads"). 8000 steps rather than 4000: FPR at TPR 99 1.85% -> 1.57% on the same images,
+validation bounds 97.5/99.1/98.0 -> 97.8/99.4/98.0 (5000 images instead of 2500: 1.85%,
+97.8/99.1/98.3).
 """
 
 from __future__ import annotations

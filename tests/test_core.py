@@ -259,3 +259,21 @@ def test_save_load_round_trip(trained, requests, bench, tmp_path):
     assert fresh.applied == list(NAMES)
     assert _answers(fresh, probe) == before
     assert fresh.pool.parameter_count() == trained.pool.parameter_count()
+
+
+def test_a_state_built_with_another_concept_encoder_is_refused(trained, tmp_path):
+    """Its visual descriptions and prototypes live in the space of the encoder that embedded
+    them; read by other heads (rebuilt shipped heads, another concept_encoder) they would
+    gate by meaningless numbers, so loading says so instead."""
+    import copy
+
+    trained.save(tmp_path / "core")
+    other = copy.deepcopy(trained.encoder)
+    with torch.no_grad():
+        other.image_proj.weight.add_(0.01)
+    other._identity = None
+    fresh = make_method("core", _backbone(), FAST)
+    fresh._encoder = other
+    with pytest.raises(ValueError, match="concept encoder 'backbone-heads'"):
+        fresh.load(tmp_path / "core")
+    assert fresh.applied == [] and not fresh.heads  # nothing half-loaded

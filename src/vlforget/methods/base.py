@@ -144,6 +144,10 @@ class Method(ABC):
     def load_state_json(self, data: dict[str, Any]) -> None:
         pass
 
+    def check_state_json(self, data: dict[str, Any]) -> None:
+        """Raise a ValueError naming the problem if a saved state (its `state_json()`) cannot
+        be restored into this method; `load` calls it before restoring anything."""
+
     def report_extras(self) -> dict[str, Any]:
         """Anything worth plotting in the report (e.g. CORE's request x refuser loads)."""
         return {}
@@ -226,6 +230,7 @@ class Method(ABC):
         if tensors_sha256(tensors) != sums.get("tensors"):
             raise ValueError(f"{directory / STATE_FILE}: the tensors do not match the checksum in {META_FILE} "
                              "(changed or damaged); the state cannot be trusted")
+        self.check_state_json(meta["state"])
         device = self.state_device()
         self.applied = list(meta["applied"])
         self.load_state_json(meta["state"])

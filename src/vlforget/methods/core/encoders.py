@@ -284,6 +284,22 @@ def train_heads(backbone, general, n: int = 2000, steps: int = 600, batch: int =
     return heads
 
 
+def encoder_identity(encoder) -> str:
+    """What embeds CORE's concepts, as a short hash: the encoder's kind and name and its
+    weights rounded to bfloat16 (cached on the encoder). A saved CORE state records it,
+    since its stored visual descriptions and prototypes mean something only in the space
+    of the encoder that embedded them (`Core.load_state_json`)."""
+    cached = getattr(encoder, "_identity", None)
+    if cached is None:
+        h = hashlib.sha256(f"{type(encoder).__name__}\0{encoder.name}\0".encode())
+        module = encoder.model if isinstance(encoder, HFConceptEncoder) else encoder
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().to(torch.bfloat16).float().numpy().tobytes())
+        cached = encoder._identity = h.hexdigest()[:16]
+    return cached
+
+
 def load_encoder(core):
     """The concept encoder CORE's config asks for (`concept_encoder`), on the backbone's device."""
     cfg = core.config

@@ -39,8 +39,8 @@ from vlforget.methods.core.concept_layer import ConceptBank
 from vlforget.methods.core.config import CoreConfig
 from vlforget.methods.core.refusers import RefuserPool
 from vlforget.methods.core.router import route
-from vlforget.methods.core.encoders import load_encoder
-from vlforget.methods.core.text_side import InstructionSide, NeighbourSide, intent_projection, minilm
+from vlforget.methods.core.encoders import encoder_identity, load_encoder
+from vlforget.methods.core.text_side import InstructionSide, NeighbourSide, minilm, pairs_projection
 from vlforget.methods.hooks import installed
 from vlforget.text import flatten
 from vlforget.types import DeletionRequest
@@ -71,6 +71,7 @@ class Core(Method):
         self.bank = ConceptBank(self.config.textual_share)
         self._encoder = None  # the concept encoder (encoders.py), loaded on first use
         self._text = None  # the instruction side (text_side.py), built on first use
+        self._intent_samples = None  # general pairs of the instruction side (`intent_samples`)
         self.heads: list[torch.Tensor] = []  # [5] per request
         self.rows: list[torch.Tensor] = []  # router row [pool] per request
         self.loads: list[torch.Tensor] = []  # refuser load [pool] per request
@@ -103,7 +104,7 @@ class Core(Method):
                               "projection, no question picking and no answer-state neighbours; build it with make_method(..., "
                               "general=benchmark.general_pool) (docs/methods.md, core)", stacklevel=2)
             if self.general is not None:
-                samples = self.general_pool(cfg.general_pairs, "core-intents")
+                samples = self.intent_samples()
                 if cfg.pick_question:
                     # unique instructions, rounded to float16: the same values as in a saved state
                     unique = list(dict.fromkeys(s.instruction for s in samples))
@@ -118,6 +119,13 @@ class Core(Method):
                 side = self._neighbour_side(side, general=general)
             self._text = side
         return self._text
+
+    def intent_samples(self) -> list:
+        """The general pairs the instruction side is fitted on (and mined intents are measured
+        against, `concepts.Decomposer`), drawn once per method."""
+        if self._intent_samples is None:
+            self._intent_samples = self.general_pool(self.config.general_pairs, "core-intents")
+        return self._intent_samples
 
     def _neighbour_side(self, describer: InstructionSide, **source) -> NeighbourSide:
         """The answer-state neighbour side at this config's settings, built from the general
@@ -343,7 +351,21 @@ class Core(Method):
         self._stacked = None
 
     def state_json(self) -> dict[str, Any]:
-        return {"concepts": self.concepts, "info": self.info}
+        state = {"concepts": self.concepts, "info": self.info}
+        if self.concepts:
+            state["concept_encoder"] = {"name": self.encoder.name, "identity": encoder_identity(self.encoder)}
+        return state
+
+    def check_state_json(self, data: dict[str, Any]) -> None:
+        saved = data.get("concept_encoder")  # absent in states saved before it was recorded
+        if saved is not None and saved.get("identity") != encoder_identity(self.encoder):
+            # The state's visual descriptions and prototypes were embedded by another encoder
+            # (another concept_encoder, or rebuilt shipped heads): scored by this one, they
+            # would gate by numbers that mean nothing.
+            raise ValueError(f"this CORE state was built with concept encoder {saved.get('name')!r} "
+                             f"(identity {saved.get('identity')}), but this method's is {self.encoder.name!r} "
+                             f"(identity {encoder_identity(self.encoder)}); load it with the encoder it was "
+                             "built with, or apply its requests again")
 
     def load_state_json(self, data: dict[str, Any]) -> None:
         self.concepts = list(data.get("concepts", []))
@@ -367,9 +389,8 @@ def _projection(encode, samples, key: tuple, cfg) -> dict[str, torch.Tensor] | N
     pool = hashlib.sha1("\0".join(f"{s.instruction}\1{s.answer}" for s in samples).encode()).hexdigest()
     key = (*key, pool)
     if key not in _PROJECTIONS:
-        _PROJECTIONS[key] = intent_projection(encode([s.instruction for s in samples]),
-                                              encode([s.answer for s in samples]), cfg.intent_kinds,
-                                              cfg.intent_dim, cfg.intent_shrink)
+        _PROJECTIONS[key] = pairs_projection(encode, [s.instruction for s in samples], [s.answer for s in samples],
+                                             cfg.intent_kinds, cfg.intent_dim, cfg.intent_shrink)
     return _PROJECTIONS[key]
 
 

@@ -239,7 +239,7 @@ def apply_request(core, request: DeletionRequest) -> None:
     rng = random.Random(seed)
     torch.manual_seed(seed)
 
-    general = ((lambda: [s.instruction for s in core.general_pool(cfg.general_pairs, "core-intents")])
+    general = ((lambda: [s.instruction for s in core.intent_samples()])
                if core.general is not None else None)  # drawn only if the request's intents are mined
     concepts = Decomposer(core.backbone, cfg.max_descriptions, general)(request, cfg.concept_source)
     pairs = encode_pairs(core, request)

@@ -7,18 +7,20 @@ intent, another colour).
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
+from PIL import Image
 
 from vlforget.data.benchmark import Benchmark, BenchmarkConfig
 from vlforget.methods import make_method
 from vlforget.methods.core.config import CoreConfig
 from vlforget.methods.core import modulator as mod
-from vlforget.methods.core.concepts import Decomposer
+from vlforget.methods.core.concepts import ANY_IMAGE, Decomposer, caption_terms
 from vlforget.methods.core.refusers import RefuserPool
 from vlforget.methods.core.router import load_vector, pick_refusers, route, routing_losses
 from vlforget.models.backbone import Backbone
 from vlforget.models.checkpoints import builtin_path
+from vlforget.types import DeletionRequest, Sample
 
 FAST = {"steps": 60, "batch_size": 12, "lr": 0.03}
 NAMES = ("star-identity", "red-count", "blue-count")
@@ -154,6 +156,38 @@ def test_mined_intents_are_read_against_the_general_questions(requests, bench):
     star, red = decomposer.mine_textual(requests[0]), decomposer.mine_textual(requests[1])
     assert "identifying what an object is" in star and "describing the whole image" in star, star[:8]
     assert "counting objects" in red and not any("identif" in d or "colour" in d for d in red), red[:8]
+
+
+class _Captioner:
+    """A stand-in backbone whose caption of an image is written on it (`image.info`)."""
+
+    def generate(self, images, prompts):
+        return [image.info["caption"] for image in images]
+
+
+def _captioned(caption: str) -> Sample:
+    image = Image.new("RGB", (8, 8))
+    image.info["caption"] = caption
+    return Sample(image, "describe the image.", caption)
+
+
+def test_a_mined_visual_concept_covers_both_values_and_is_read_against_general_images():
+    """Forget images show a zero or a one (half each), as do a quarter of the retain images:
+    against the retain captions "zero" barely stood out and "one" was a stopword; against
+    general captions both stand out, and together they cover the forget captions."""
+    shapes, colours = ["star", "cross", "square", "circle"], ["red", "green", "yellow"]
+    forget = [_captioned(f"small {colours[i % 3]} {'zero' if i % 2 else 'one'} and large blue {shapes[i % 4]}")
+              for i in range(24)]
+    retain = [_captioned(f"large green {['zero', 'one', 'star', 'cross'][i % 4]}") for i in range(16)]
+    general = [_captioned(f"small {colours[i % 3]} {shapes[i % 4]} and large blue {shapes[(i + 1) % 4]}")
+               for i in range(32)]
+    request = DeletionRequest("r", "zero-one", "d", ["no."], forget, retain_train=retain)
+    decomposer = Decomposer(_Captioner(), general_captions=lambda: caption_terms(_Captioner(), [s.image for s in general]))
+    mined = decomposer.mine_visual(request)
+    assert "an image with a zero" in mined and "an image with a one" in mined, mined[:6]
+    assert not any("red" in d or "star" in d for d in mined), mined  # common in general captions too
+    nothing = DeletionRequest("r", "any", "d", ["no."], general[:16])
+    assert decomposer.mine_visual(nothing) == list(ANY_IMAGE)  # forget images like any others
 
 
 def test_core_mines_a_requests_concepts_when_asked(requests, bench):

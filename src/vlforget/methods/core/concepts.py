@@ -5,9 +5,11 @@ Three sources, same output shape:
 - ``annotations``: written from the request's machine-readable scope
   (`request.scope`: visual attribute values and intent names) with generic frames;
 - ``model``: from the model itself. Visual: the backbone captions every forget image
-  ("describe the image.") and every retain image; the caption words (and adjacent word
-  pairs) that appear in most forget captions and clearly more often than in retain
-  captions become the concept ("an image with red star"), whatever the vocabulary. Textual: each forget
+  ("describe the image.") and a sample of the benchmark's general images (the retain
+  images when no general pairs are given); caption words (and adjacent word pairs) that
+  are clearly more common in forget captions than in general ones are candidates, and
+  the fewest that together cover the forget captions become the concept ("an image with
+  a zero", "an image with a one": a concept of two values), whatever the vocabulary. Textual: each forget
   instruction votes (MiniLM, nearest phrase) for one intent of a fixed, generic bank of
   intents, each a group of phrases; intents that many forget instructions vote for,
   clearly more often than the benchmark's general instructions do (the retain
@@ -29,8 +31,10 @@ ANY_IMAGE = ["any image", "whatever the picture shows", "an image of anything", 
 ANY_INSTRUCTION = ["any question", "whatever is asked", "an instruction of any kind", "every request",
                    "any query about the picture", "all questions", "any task", "a question of any type"]
 # Words that say nothing about an image's content, left out of mined visual concepts.
+# ("one" is not among them: it is a digit a request can be about, and as a determiner it is
+# as common in general captions as in forget ones, so it never stands out.)
 STOPWORDS = frozenset("a an the and or of in on at to with is are there this that it its image picture shows "
-                      "showing some one".split())
+                      "showing some".split())
 
 # A generic bank of instruction intents (not tied to the benchmark's templates): each
 # intent is a group of phrases; a forget instruction votes for the intent of its nearest
@@ -56,17 +60,32 @@ FRAMES_V = ["{p}", "an image with {p}", "a picture showing {p}", "a scene contai
 FRAMES_T = ["{p}", "a request about {p}", "an instruction for {p}", "a question on {p}"]
 
 
+def caption_terms(backbone, images) -> list[set[str]]:
+    """Per image: the words and adjacent word pairs of the model's caption (no stopwords)."""
+    if not images:
+        return []
+    out = []
+    for caption in backbone.generate(list(images), [CAPTION_PROMPT] * len(images)):
+        words = [w.strip(".,;:!?") for w in caption.lower().split()]
+        words = [w for w in words if w and w not in STOPWORDS]
+        out.append(set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])})
+    return out
+
+
 class Decomposer:
     """Produces a request's concept descriptions from one of three sources."""
 
     def __init__(self, backbone=None, max_descriptions: int = 48,
-                 general_instructions: Callable[[], list[str]] | None = None):
+                 general_instructions: Callable[[], list[str]] | None = None,
+                 general_captions: Callable[[], list[set[str]]] | None = None):
         self.backbone = backbone
         self.max_descriptions = max_descriptions
-        # What questions ask in general: the base rate an intent must clearly exceed among
-        # the forget instructions to be the request's intent (`mine_textual`). A callable,
-        # so the general pool is only drawn when a request's intents are mined.
+        # What questions ask and what images show in general: the base rates an intent or
+        # a caption term must clearly exceed among the forget pairs to be the request's
+        # concept (`mine_textual`, `mine_visual`). Callables, so the general pool is only
+        # drawn (and captioned) when a request's concepts are mined.
         self.general_instructions = general_instructions
+        self.general_captions = general_captions
 
     def __call__(self, request: DeletionRequest, source: str = "request") -> Concepts:
         if source == "request" and request.concepts is not None:
@@ -107,39 +126,60 @@ class Decomposer:
     def from_model(self, request: DeletionRequest) -> Concepts:
         if self.backbone is None:
             raise ValueError("concept_source 'model' needs a backbone to caption the forget images")
-        return Concepts(self.mine_visual(request), self.mine_textual(request), source="model")
-
-    def _caption_terms(self, images) -> list[set[str]]:
-        """Per image: the words and adjacent word pairs of the model's caption (no stopwords)."""
-        captions = self.backbone.generate(list(images), [CAPTION_PROMPT] * len(images))
-        out = []
-        for caption in captions:
-            words = [w.strip(".,;:!?") for w in caption.lower().split()]
-            words = [w for w in words if w and w not in STOPWORDS]
-            out.append(set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])})
-        return out
+        visual, covered = self.mine_visual_cover(request)
+        # What the images do not explain, the questions must: when the visual concept leaves
+        # a quarter or more of the forget pairs uncovered (a request on star images *or* on
+        # comparing sizes), the intents are mined on those pairs alone, where the question
+        # is the only reason to refuse; otherwise on every forget pair.
+        unexplained = [s for i, s in enumerate(request.forget_train) if i not in covered]
+        if visual != ANY_IMAGE and len(unexplained) >= max(8, 0.25 * len(request.forget_train)):
+            return Concepts(visual, self.mine_textual(request, unexplained), source="model")
+        return Concepts(visual, self.mine_textual(request), source="model")
 
     def mine_visual(self, request: DeletionRequest) -> list[str]:
-        """Caption terms common in forget captions and clearly rarer in retain captions."""
-        forget = self._caption_terms([s.image for s in request.forget_train])
-        retain = self._caption_terms([s.image for s in request.retain_train]) if request.retain_train else []
-        f_count = Counter(a for sets in forget for a in sets)
-        r_count = Counter(a for sets in retain for a in sets)
-        scored = []
-        for term, c in f_count.items():
-            cover = c / len(forget)
-            lift = cover - (r_count[term] / len(retain) if retain else 0.0)
-            if cover >= 0.4 and lift >= 0.25:
-                scored.append((cover + lift, term))
-        if not scored:
-            return list(ANY_IMAGE)
-        scored.sort(reverse=True)
-        best = scored[0][0]
-        picked = [a for s, a in scored if s >= best - 0.15][:3]
-        cores = [c for term in picked for c in (f"a {term}", f"something {term}", f"{term} things")]
-        return [f.format(p=c) for f in FRAMES_V for c in cores]
+        """The mined visual descriptions (`mine_visual_cover` without the cover)."""
+        return self.mine_visual_cover(request)[0]
 
-    def mine_textual(self, request: DeletionRequest) -> list[str]:
+    def mine_visual_cover(self, request: DeletionRequest) -> tuple[list[str], set[int]]:
+        """(descriptions, the forget pairs whose captions hold them): the fewest caption terms, each clearly more common in forget captions than in
+        general ones, that together cover the forget captions.
+
+        Why general captions as the base rate: a request on one question about one kind of
+        image keeps that kind of image, asked other questions, in its retain set, so against
+        the retain captions its object barely stood out (probe request zero-one-background:
+        "zero" in 50% of forget captions, lift 0.25 over retain). Why a cover: a concept of
+        two values ("a zero or a one") has each value in about half of the forget captions;
+        the best-scoring term alone left the other value out."""
+        forget = caption_terms(self.backbone, [s.image for s in request.forget_train])
+        if self.general_captions is not None:
+            base = self.general_captions()
+        else:
+            base = caption_terms(self.backbone, [s.image for s in request.retain_train]) if request.retain_train else []
+        holders: dict[str, set[int]] = {}
+        for i, terms in enumerate(forget):
+            for term in terms:
+                holders.setdefault(term, set()).add(i)
+        base_count = Counter(term for terms in base for term in terms)
+        lift = {term: len(who) / len(forget) - (base_count[term] / len(base) if base else 0.0)
+                for term, who in holders.items()}
+        candidates = [term for term in holders if lift[term] >= 0.25]
+        picked: list[str] = []
+        covered: set[int] = set()
+        while candidates and len(picked) < 3 and len(covered) < 0.9 * len(forget):
+            gain = lambda term: len(holders[term] - covered) / len(forget)  # noqa: E731
+            # ties go to the shorter term: "zero" over "zero large", which holds no more
+            best = max(candidates, key=lambda term: (round(gain(term) + lift[term], 6), -term.count(" "), term))
+            if gain(best) < (0.3 if not picked else 0.2):
+                break  # what is left of the forget captions shares no term that stands out
+            picked.append(best)
+            covered |= holders[best]
+            candidates.remove(best)
+        if not picked:
+            return list(ANY_IMAGE), set()
+        cores = [c for term in picked for c in (f"a {term}", f"something {term}", f"{term} things")]
+        return [f.format(p=c) for f in FRAMES_V for c in cores], covered
+
+    def mine_textual(self, request: DeletionRequest, forget: list | None = None) -> list[str]:
         """The intents (groups of `INTENT_GROUPS`) that many forget instructions are nearest
         to, clearly more often than the general instructions are (the retain instructions
         when no general pairs are given).
@@ -149,7 +189,8 @@ class Decomposer:
         the retain instructions its intent barely stood out (validation sequence:
         triangle-identity mined "any question"). Why groups: votes split between
         near-synonyms ("identifying what an object is" / "naming an object") left each
-        under the bar. docs/methods.md, "Concepts mined from the model"."""
+        under the bar. `forget`: the forget pairs to read (default: all of them).
+        docs/methods.md, "Concepts mined from the model"."""
         from vlforget.methods.core.text_side import minilm
 
         encode_texts = minilm()
@@ -162,8 +203,9 @@ class Decomposer:
 
         general = self.general_instructions() if self.general_instructions is not None else None
         base_instructions = general or [s.instruction for s in request.retain_train]
-        f, base = votes([s.instruction for s in request.forget_train]), votes(base_instructions)
-        n_f, n_base = len(request.forget_train), max(1, len(base_instructions))
+        forget = request.forget_train if forget is None else forget
+        f, base = votes([s.instruction for s in forget]), votes(base_instructions)
+        n_f, n_base = len(forget), max(1, len(base_instructions))
         intents = [g for g, c in sorted(f.items()) if c / n_f >= 0.15 and c / n_f - base[g] / n_base >= 0.1]
         if not intents or sum(f[g] for g in intents) / n_f < 0.6:
             # the forget instructions ask what questions ask in general, or one intent

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from vlforget.methods.base import Method, register
 from vlforget.methods.core import modulator as mod
 from vlforget.methods.core.concept_layer import ConceptBank
+from vlforget.methods.core.concepts import caption_terms
 from vlforget.methods.core.config import CoreConfig
 from vlforget.methods.core.refusers import RefuserPool
 from vlforget.methods.core.router import route
@@ -44,6 +45,9 @@ from vlforget.methods.core.text_side import InstructionSide, NeighbourSide, mini
 from vlforget.methods.hooks import installed
 from vlforget.text import flatten
 from vlforget.types import DeletionRequest
+
+
+GENERAL_CAPTIONS = 128  # general images captioned once, the base rate of mined visual concepts
 
 
 @register
@@ -72,6 +76,7 @@ class Core(Method):
         self._encoder = None  # the concept encoder (encoders.py), loaded on first use
         self._text = None  # the instruction side (text_side.py), built on first use
         self._intent_samples = None  # general pairs of the instruction side (`intent_samples`)
+        self._general_captions = None  # caption terms of general images (`general_captions`)
         self.heads: list[torch.Tensor] = []  # [5] per request
         self.rows: list[torch.Tensor] = []  # router row [pool] per request
         self.loads: list[torch.Tensor] = []  # refuser load [pool] per request
@@ -126,6 +131,15 @@ class Core(Method):
         if self._intent_samples is None:
             self._intent_samples = self.general_pool(self.config.general_pairs, "core-intents")
         return self._intent_samples
+
+    def general_captions(self) -> list[set[str]]:
+        """The model's caption terms of `GENERAL_CAPTIONS` general images: what images show in
+        general, the base rate of mined visual concepts (`concepts.Decomposer.mine_visual`);
+        captioned once per method."""
+        if self._general_captions is None:
+            images = [s.image for s in self.intent_samples()[:GENERAL_CAPTIONS]]
+            self._general_captions = caption_terms(self.backbone, images)
+        return self._general_captions
 
     def _neighbour_side(self, describer: InstructionSide, **source) -> NeighbourSide:
         """The answer-state neighbour side at this config's settings, built from the general

@@ -141,8 +141,9 @@ class Decomposer:
         return self.mine_visual_cover(request)[0]
 
     def mine_visual_cover(self, request: DeletionRequest) -> tuple[list[str], set[int]]:
-        """(descriptions, the forget pairs whose captions hold them): the fewest caption terms, each clearly more common in forget captions than in
-        general ones, that together cover the forget captions.
+        """(descriptions, the forget pairs whose captions hold them): the fewest caption
+        terms, each clearly more common in forget captions than in general ones, that
+        together cover the forget captions.
 
         Why general captions as the base rate: a request on one question about one kind of
         image keeps that kind of image, asked other questions, in its retain set, so against

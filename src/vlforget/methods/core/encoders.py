@@ -288,7 +288,7 @@ def encoder_identity(encoder) -> str:
     """What embeds CORE's concepts, as a short hash: the encoder's kind and name and its
     weights rounded to bfloat16 (cached on the encoder). A saved CORE state records it,
     since its stored visual descriptions and prototypes mean something only in the space
-    of the encoder that embedded them (`Core.load_state_json`)."""
+    of the encoder that embedded them (`Core.check_state_json`)."""
     cached = getattr(encoder, "_identity", None)
     if cached is None:
         h = hashlib.sha256(f"{type(encoder).__name__}\0{encoder.name}\0".encode())

@@ -105,6 +105,23 @@ def test_neighbour_temperature_from_a_config_file_on_builtin_and_loaded_data(tem
         assert chat.exit_code == 0, (name, chat.output)
 
 
+def test_concepts_mined_from_the_model_from_a_config_file_on_builtin_and_loaded_data(release, tmp_path):
+    """`concept_source: model` as the README's comparison runs it: the request's written
+    descriptions are not read, the model's captions (against the general images of the
+    benchmark in use) and the general questions give the concepts, on the built-in
+    benchmark and on data in CORE's layout; the saved state says where they came from."""
+    config = _write(tmp_path / "mined.yaml", {**TINY_CORE, "concept_source": "model"})
+    data = {"builtin": [], "loaded": ["--dataset", "core", "--data", release, "--judge", "lexical"]}
+    for name, extra in data.items():
+        out = tmp_path / name
+        result = _cli("run", *extra, "--method", "core", "--config", config, "--limit", 1, "--out", out)
+        assert result.exit_code == 0, (name, result.output)
+        assert json.loads((out / "results.json").read_text())["config"]["concept_source"] == "model", name
+        state = json.loads(next((out / "states").glob("step-*/method.json")).read_text())["state"]
+        assert [c["source"] for c in state["concepts"]] == ["model"], name
+        assert state["concept_encoder"]["identity"], name  # the state names the encoder that embedded it
+
+
 def _write(path, data):
     path.write_text(yaml.safe_dump(data))
     return path

@@ -1,8 +1,9 @@
 """How well CORE's instruction encoder side tells each intent from the others (JSON out).
 
 For every intent of the built-in benchmark: AUC of the textual score a request on that
-intent alone would give (mean of the top 0.75 of its descriptions' similarities, through
-MiniLM and the intent projection fitted on the general train pool), that intent's
+intent alone would give (mean of the top `textual_share` of its descriptions'
+similarities, through MiniLM and the intent projection fitted on the general train
+pool), that intent's
 held-out general test questions (evaluation phrasings, which the projection never saw)
 against every other intent's. Twice: with the projection CORE uses (choice questions a
 kind of their own, `text_side.pairs_projection`) and with answer kinds only. The default
@@ -22,6 +23,7 @@ from sklearn.metrics import roc_auc_score
 from vlforget.data.benchmark import Benchmark, BenchmarkConfig
 from vlforget.data.requests import describe_textual
 from vlforget.methods.core.concept_layer import top_mean
+from vlforget.methods.core.config import CoreConfig
 from vlforget.methods.core.text_side import InstructionSide, intent_projection, minilm, pairs_projection
 
 
@@ -35,6 +37,7 @@ def main() -> None:
     instructions, answers = [s.instruction for s in train], [s.answer for s in train]
     projections = {"choice split": pairs_projection(encode, instructions, answers),
                    "answer kinds only": intent_projection(encode(instructions), encode(answers))}
+    share = CoreConfig().textual_share  # the share of descriptions CORE's textual score averages
     intents = sorted({s.intent for s in test})
     report = {"questions": len(test)}
     for name, projection in projections.items():
@@ -42,7 +45,7 @@ def main() -> None:
         queries = side.instructions([s.instruction for s in test])[:, 0]
         aucs = {}
         for intent in intents:
-            score = top_mean(queries @ side.texts(describe_textual([intent])).T, 0.75)
+            score = top_mean(queries @ side.texts(describe_textual([intent])).T, share)
             aucs[intent] = round(float(roc_auc_score([s.intent == intent for s in test], score.numpy())), 3)
         aucs["mean"] = round(sum(aucs.values()) / len(intents), 3)
         report[name] = aucs

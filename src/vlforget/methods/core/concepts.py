@@ -132,9 +132,8 @@ class Decomposer:
         # comparing sizes), the intents are mined on those pairs alone, where the question
         # is the only reason to refuse; otherwise on every forget pair.
         unexplained = [s for i, s in enumerate(request.forget_train) if i not in covered]
-        if visual != ANY_IMAGE and len(unexplained) >= max(8, 0.25 * len(request.forget_train)):
-            return Concepts(visual, self.mine_textual(request, unexplained), source="model")
-        return Concepts(visual, self.mine_textual(request), source="model")
+        enough = len(unexplained) >= max(8, 0.25 * len(request.forget_train))
+        return Concepts(visual, self.mine_textual(request, unexplained if enough else None), source="model")
 
     def mine_visual(self, request: DeletionRequest) -> list[str]:
         """The mined visual descriptions (`mine_visual_cover` without the cover)."""

@@ -111,6 +111,7 @@ def train_heads_on_scenes(backbone, seed: int = 0, n_images: int = 2500, steps: 
     phrase_emb = minilm()(texts)
 
     scorer = BackboneHeads(d)
+    scorer.standardise_on(feats)
     optimiser = torch.optim.AdamW(scorer.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     flat_feats, flat_codes = feats.reshape(n * p, d), codes.reshape(n * p, len(ATTRS))

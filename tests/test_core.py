@@ -305,7 +305,7 @@ def test_a_state_built_with_another_concept_encoder_is_refused(trained, tmp_path
     trained.save(tmp_path / "core")
     other = copy.deepcopy(trained.encoder)
     with torch.no_grad():
-        other.image_proj.weight.add_(0.01)
+        other.image_proj[0].weight.add_(0.01)
     other._identity = None
     fresh = make_method("core", _backbone(), FAST)
     fresh._encoder = other

@@ -104,7 +104,7 @@ def test_heads_are_trained_once_then_read_from_the_disk_cache(bench, tmp_path, m
     monkeypatch.setattr(encoders, "_LOADED", {})  # as in a new process
     second = load_heads(backbone, small, shipped=tmp_path / "nothing-shipped", cache=tmp_path / "cache")
     assert encoders.TRAINED["count"] == before + 1 and saved.stat().st_mtime_ns == mtime
-    assert torch.equal(first.image_proj.weight, second.image_proj.weight)
+    assert torch.equal(first.image_proj[0].weight, second.image_proj[0].weight)
     monkeypatch.setattr(encoders, "_LOADED", {})
     with pytest.raises(ValueError, match="concept_encoder"):  # nothing cached, nothing to train on
         load_heads(backbone, None, shipped=tmp_path / "nothing-shipped", cache=tmp_path / "elsewhere")
@@ -197,7 +197,7 @@ def test_the_shipped_heads_build_script_makes_heads_the_method_loads(tmp_path, m
     encoders.save_heads(heads, tmp_path / "heads")
     monkeypatch.setattr(encoders, "_LOADED", {})
     loaded = load_heads(backbone, None, shipped=tmp_path / "heads", cache=tmp_path / "no-cache")
-    assert torch.equal(loaded.image_proj.weight, heads.image_proj.weight)
+    assert torch.equal(loaded.image_proj[0].weight, heads.image_proj[0].weight)
 
 
 def test_the_shipped_heads_tell_look_alike_shapes_apart():

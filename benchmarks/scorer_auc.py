@@ -4,7 +4,9 @@ For every shape and colour of the built-in benchmark: image-level AUC of the sco
 similarity (max over patches) with a phrase naming it ("a star", "something red"),
 images that contain such an object against images that do not, on held-out general
 test images, and the share of images without the concept that score at least as
-high as the 10% (1%) lowest-scoring images with it (FPR at TPR 90 / 99). CORE's visual
+high as the 10% (1%) lowest-scoring images with it (FPR at TPR 90 / 99); for shapes also
+scored as CORE scores a request's visual concept (`descriptions`: the request phrasings
+of the shape, mean of the top quarter, max over patches). CORE's visual
 concept scores are these similarities, so a concept the scorer confuses is one whose
 requests get false gates and misses. Prints JSON.
 
@@ -20,6 +22,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from vlforget.data.benchmark import general_samples
+from vlforget.data.requests import SHAPE_PHRASES, VISUAL_FRAMES
 from vlforget.data.scenes import CATEGORIES, COLOURS
 from vlforget.evaluation.separation import fpr_at_tpr
 from vlforget.methods.core.encoders import load_heads, vision_features
@@ -79,6 +82,13 @@ def main() -> None:
                 text = scorer.texts([phrase.format(value)])
                 scores = (scorer.patches(features) @ text.T)[..., 0].amax(1)
                 out[attr][value] = scores_entry(scores, labels)
+                if attr == "shape":
+                    # what CORE's visual score reads: a request's descriptions of the shape,
+                    # the mean of their top quarter per patch, max over patches
+                    texts = scorer.texts([f.format(p=p) for f in VISUAL_FRAMES for p in SHAPE_PHRASES[value]])
+                    cos = scorer.patches(features) @ texts.T
+                    top = cos.topk(max(1, len(texts) // 4), -1).values.mean(-1).amax(1)
+                    out[attr][value]["descriptions"] = scores_entry(top, labels)
                 if probe_logp is not None and attr == "shape":
                     out[attr][value]["probe"] = scores_entry(probe_logp[..., CATEGORIES.index(value)].amax(1), labels)
     print(json.dumps({"images": len(samples), "concepts": out}, indent=1))

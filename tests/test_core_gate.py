@@ -198,6 +198,26 @@ def test_the_shipped_heads_build_script_makes_heads_the_method_loads(tmp_path, m
     monkeypatch.setattr(encoders, "_LOADED", {})
     loaded = load_heads(backbone, None, shipped=tmp_path / "heads", cache=tmp_path / "no-cache")
     assert torch.equal(loaded.image_proj[0].weight, heads.image_proj[0].weight)
+    # the standardisation is part of the heads: saved and loaded with the weights
+    assert torch.equal(loaded.feature_std, heads.feature_std) and float(heads.feature_std.min()) > 0
+    assert not torch.equal(heads.feature_mean, torch.zeros_like(heads.feature_mean))
+
+
+def test_heads_saved_in_an_older_layout_are_not_read(tmp_path):
+    """Heads of another layout (the one-linear-layer heads of `format` 1, or none recorded)
+    are not loaded into today's class: `_read_heads` passes, so they are trained anew."""
+    from PIL import Image
+
+    backbone = Backbone.load()
+    heads = encoders.BackboneHeads(backbone.vision_features([Image.new("RGB", (32, 32))]).shape[-1])
+    heads.fingerprint = encoders.vision_fingerprint(backbone)
+    encoders.save_heads(heads, tmp_path)
+    assert encoders._read_heads(tmp_path, heads.fingerprint) is not None
+    meta = json.loads((tmp_path / "scorer.json").read_text())
+    for old in (1, None):
+        meta["format"] = old
+        (tmp_path / "scorer.json").write_text(json.dumps(meta))
+        assert encoders._read_heads(tmp_path, heads.fingerprint) is None
 
 
 def test_the_shipped_heads_tell_look_alike_shapes_apart():

@@ -39,7 +39,7 @@ class CoreConfig(MethodConfig):
     max_descriptions: int = option(48, "descriptions kept per side (visual/textual) per request", ge=1)
     concept_encoder: str | None = option(None, "image-text model grounding the visual concepts: a Hugging Face "
                                                 "CLIP- or SigLIP-style folder or cached hub id (LLaVA-1.5: "
-                                                "openai/clip-vit-large-patch14-336); none = linear heads on the "
+                                                "openai/clip-vit-large-patch14-336); none = small heads on the "
                                                 "backbone's vision features (shipped for the built-in model, else "
                                                 "trained once on the benchmark's general pairs and cached on disk)")
     image_patches: bool = option(False, "with concept_encoder: also score every patch token, not only the pooled "

@@ -10,9 +10,9 @@ all unit vectors, float32 on the CPU):
   token through the model's own head (CLIP: post-layernorm + visual projection), for
   concepts that live in one part of the image. For LLaVA-1.5 the matching encoder is
   its own vision tower, `openai/clip-vit-large-patch14-336`.
-- `BackboneHeads` (no `concept_encoder`): two linear heads, on the backbone's frozen
-  per-patch vision features (what the connector reads, so no extra vision pass) and on
-  MiniLM sentence embeddings. The built-in model ships its heads in
+- `BackboneHeads` (no `concept_encoder`): two heads, an MLP on the backbone's frozen
+  per-patch vision features (what the connector reads, so no extra vision pass) and a
+  linear one on MiniLM sentence embeddings. The built-in model ships its heads in
   `assets/scorer/` (built outside this package by `benchmarks/build_core_heads.py`);
   for another backbone they are trained once on the benchmark's general pairs
   (`Method.general_pool`) and cached on disk per vision-tower fingerprint
@@ -150,10 +150,11 @@ class BackboneHeads(torch.nn.Module):
     side a one-hidden-layer MLP on standardised patch features, the text side linear.
 
     Why an MLP: with one linear layer the heads left a far tail that a linear *classifier*
-    on the same features does not have (held-out general images, FPR at TPR 99: diamond
-    6.3%, the digit one 11.6%, cross 3.0%; the classifier 0%, 2.9%, 0%), and that tail was
-    CORE's false gates; the MLP brings them to 0%, 4.8%, 0% (`benchmarks/scorer_auc.py`;
-    docs/methods.md, "MLP heads"). Standardising alone changed nothing."""
+    on the same features does not have (1200 held-out general images, FPR at TPR 99 of a
+    request's descriptions: diamond 5.9%, the digit one 12.2%, cross 3.1%; the classifier
+    0%, 2.9%, 0%), and that tail was CORE's false gates; the MLP brings them to 0%, 4.8%,
+    0% (`benchmarks/scorer_auc.py --probe`; docs/methods.md, "MLP heads"). Standardising
+    alone changed nothing."""
 
     reads = "features"
     name = "backbone-heads"

@@ -158,6 +158,26 @@ def test_mined_intents_are_read_against_the_general_questions(requests, bench):
     assert "counting objects" in red and not any("identif" in d or "colour" in d for d in red), red[:8]
 
 
+def test_mined_visual_concepts_include_what_the_encoder_sees_and_the_captioner_never_says():
+    """The built-in captioner names size, colour and shape, never a pattern: a request on
+    counting in images with striped things mined "purple" from captions alone (validation
+    images; its forget gate 0). The encoder scores the general answers' words against each
+    image, and "striped" is one it sees (its scores split general images in two groups)."""
+    from vlforget.data.requests import RequestSpec
+
+    spec = RequestSpec(name="striped-count", description="Do not count objects in images with striped things.",
+                       refusals=["sorry, i cannot count objects in images with striped things."], mode="both",
+                       visual={"pattern": "striped"}, intents=["count"])
+    bench = Benchmark(BenchmarkConfig(sequence="validation", n_utility=10), specs=[spec])
+    core = make_method("core", _backbone(), {"steps": 0, "router_steps": 5, "concept_source": "model"},
+                       general=bench.general_pool)
+    words = core._seen_words()[0]
+    assert "striped" in words and "solid" in words and not {"yes", "no", "the", "left"} & set(words)
+    core.unlearn(bench.requests()[0])
+    visual = core.concepts[-1]["visual"]
+    assert "a striped" in visual and not any("purple" in d for d in visual), visual[:6]
+
+
 class _Captioner:
     """A stand-in backbone whose caption of an image is written on it (`image.info`)."""
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
+import torch
+
 from vlforget.types import Concepts, DeletionRequest
 
 # CORE's own "no concept on this side" descriptions (the modulator learns to ignore them).
@@ -72,13 +74,32 @@ def caption_terms(backbone, images) -> list[set[str]]:
     return out
 
 
+def otsu(scores: torch.Tensor) -> tuple[float, float]:
+    """(cut, split) of 1-D scores: Otsu's threshold (the cut maximising the between-group
+    variance) and that variance's share of the total (1 = two tight, distant groups)."""
+    values = scores.float().sort().values
+    n, total = len(values), float(values.var(unbiased=False))
+    if n < 4 or total <= 0:
+        return float("inf"), 0.0
+    best, cut = 0.0, float("inf")
+    for k in range(1, n):
+        low, high = values[:k], values[k:]
+        between = k * (n - k) / n ** 2 * float(high.mean() - low.mean()) ** 2
+        if between > best:
+            best, cut = between, float((values[k - 1] + values[k]) / 2)
+    return cut, best / total
+
+
 class Decomposer:
     """Produces a request's concept descriptions from one of three sources."""
 
     def __init__(self, backbone=None, max_descriptions: int = 48,
                  general_instructions: Callable[[], list[str]] | None = None,
-                 general_captions: Callable[[], list[set[str]]] | None = None):
+                 general_captions: Callable[[], list[set[str]]] | None = None,
+                 image_terms: Callable[[list], list[set[str]]] | None = None):
         self.backbone = backbone
+        # Per image, the terms a visual concept is mined from (default: its caption's).
+        self.image_terms = image_terms or (lambda images: caption_terms(backbone, images))
         self.max_descriptions = max_descriptions
         # What questions ask and what images show in general: the base rates an intent or
         # a caption term must clearly exceed among the forget pairs to be the request's
@@ -150,11 +171,11 @@ class Decomposer:
         "zero" in 50% of forget captions, lift 0.25 over retain). Why a cover: a concept of
         two values ("a zero or a one") has each value in about half of the forget captions;
         the best-scoring term alone left the other value out."""
-        forget = caption_terms(self.backbone, [s.image for s in request.forget_train])
+        forget = self.image_terms([s.image for s in request.forget_train])
         if self.general_captions is not None:
             base = self.general_captions()
         else:
-            base = caption_terms(self.backbone, [s.image for s in request.retain_train]) if request.retain_train else []
+            base = self.image_terms([s.image for s in request.retain_train]) if request.retain_train else []
         holders: dict[str, set[int]] = {}
         for i, terms in enumerate(forget):
             for term in terms:

@@ -24,6 +24,7 @@ string); queries below the threshold get the original connector output untouched
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import warnings
 
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from vlforget.methods.base import Method, register
 from vlforget.methods.core import modulator as mod
 from vlforget.methods.core.concept_layer import ConceptBank
-from vlforget.methods.core.concepts import caption_terms
+from vlforget.methods.core.concepts import STOPWORDS, caption_terms, otsu
 from vlforget.methods.core.config import CoreConfig
 from vlforget.methods.core.refusers import RefuserPool
 from vlforget.methods.core.router import route
@@ -48,6 +49,7 @@ from vlforget.types import DeletionRequest
 
 
 GENERAL_CAPTIONS = 128  # general images captioned once, the base rate of mined visual concepts
+SEEN_WORD_SPLIT = 0.8  # `Core._seen_words`: how clearly a word's scores split general images in two
 
 
 @register
@@ -76,7 +78,8 @@ class Core(Method):
         self._encoder = None  # the concept encoder (encoders.py), loaded on first use
         self._text = None  # the instruction side (text_side.py), built on first use
         self._intent_samples = None  # general pairs of the instruction side (`intent_samples`)
-        self._general_captions = None  # caption terms of general images (`general_captions`)
+        self._general_captions = None  # terms of general images (`general_captions`)
+        self._seen = None  # the general answers' words the encoder sees (`_seen_words`)
         self.heads: list[torch.Tensor] = []  # [5] per request
         self.rows: list[torch.Tensor] = []  # router row [pool] per request
         self.loads: list[torch.Tensor] = []  # refuser load [pool] per request
@@ -133,13 +136,52 @@ class Core(Method):
         return self._intent_samples
 
     def general_captions(self) -> list[set[str]]:
-        """The model's caption terms of `GENERAL_CAPTIONS` general images: what images show in
+        """The terms (`image_terms`) of `GENERAL_CAPTIONS` general images: what images show in
         general, the base rate of mined visual concepts (`concepts.Decomposer.mine_visual`);
-        captioned once per method."""
+        computed once per method."""
         if self._general_captions is None:
-            images = [s.image for s in self.intent_samples()[:GENERAL_CAPTIONS]]
-            self._general_captions = caption_terms(self.backbone, images)
+            self._general_captions = self.image_terms([s.image for s in self.general_images()])
         return self._general_captions
+
+    def general_images(self) -> list:
+        return self.intent_samples()[:GENERAL_CAPTIONS]
+
+    def image_terms(self, images) -> list[set[str]]:
+        """Per image: its caption terms (`concepts.caption_terms`) and the general answers'
+        words the concept encoder sees in it. Why both: a captioner names what it was taught
+        to name (the built-in one: size, colour, shape, never a pattern), while the encoder
+        scores any word against the image."""
+        terms = caption_terms(self.backbone, images)
+        words, texts, cuts = self._seen_words()
+        if words and images:
+            scores = self._word_scores(images, texts)
+            for row, image_terms in zip(scores, terms):
+                image_terms.update(w for w, score, cut in zip(words, row.tolist(), cuts) if score >= cut)
+        return terms
+
+    def _word_scores(self, images, texts: torch.Tensor) -> torch.Tensor:
+        """[N images, W words]: max over patches of the cosine to each word's description."""
+        with torch.no_grad():
+            return torch.einsum("npe,we->npw", self.visual_embeddings(images), texts).amax(1)
+
+    def _seen_words(self):
+        """(words, their description embeddings, score cuts): the general answers' words whose
+        encoder scores on the general images split into two clear groups (Otsu's cut, the
+        between-group share of the variance >= SEEN_WORD_SPLIT): words the encoder sees as
+        present or absent. Computed once per method."""
+        if self._seen is None:
+            answers = Counter(w for s in self.intent_samples() for w in s.answer.lower().strip(" .").split()
+                              if w.isalpha() and w not in STOPWORDS)
+            vocab = sorted(w for w, n in answers.items() if n >= 5)
+            self._seen = ([], None, [])
+            if vocab:
+                texts = self.encoder.texts([f"something {w}" for w in vocab])
+                general = self._word_scores([s.image for s in self.general_images()], texts)
+                kept = [(i, cut) for i, (cut, split) in enumerate(map(otsu, general.T)) if split >= SEEN_WORD_SPLIT]
+                if kept:
+                    index = [i for i, _ in kept]
+                    self._seen = ([vocab[i] for i in index], texts[index], [cut for _, cut in kept])
+        return self._seen
 
     def _neighbour_side(self, describer: InstructionSide, **source) -> NeighbourSide:
         """The answer-state neighbour side at this config's settings, built from the general

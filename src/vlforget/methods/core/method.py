@@ -24,8 +24,8 @@ string); queries below the threshold get the original connector output untouched
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 import warnings
+from collections import Counter
 
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -144,6 +144,7 @@ class Core(Method):
         return self._general_captions
 
     def general_images(self) -> list:
+        """The general pairs whose images are the base rate of mined visual concepts."""
         return self.intent_samples()[:GENERAL_CAPTIONS]
 
     def image_terms(self, images) -> list[set[str]]:

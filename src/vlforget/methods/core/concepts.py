@@ -9,7 +9,10 @@ Three sources, same output shape:
   images when no general pairs are given); caption words (and adjacent word pairs) that
   are clearly more common in forget captions than in general ones are candidates, and
   the fewest that together cover the forget captions become the concept ("an image with
-  a zero", "an image with a one": a concept of two values), whatever the vocabulary. Textual: each forget
+  a zero", "an image with a one": a concept of two values), whatever the vocabulary. CORE
+  also gives each image the general answers' words its concept encoder sees in it
+  (`Core.image_terms`: a captioner names only what it was taught to, the built-in one
+  never a pattern). Textual: each forget
   instruction votes (MiniLM, nearest phrase) for one intent of a fixed, generic bank of
   intents, each a group of phrases; intents that many forget instructions vote for,
   clearly more often than the benchmark's general instructions do (the retain

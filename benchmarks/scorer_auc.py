@@ -25,6 +25,7 @@ from vlforget.data.benchmark import general_samples
 from vlforget.data.requests import SHAPE_PHRASES, VISUAL_FRAMES
 from vlforget.data.scenes import CATEGORIES, COLOURS
 from vlforget.evaluation.separation import fpr_at_tpr
+from vlforget.methods.core.concept_layer import top_mean
 from vlforget.methods.core.encoders import load_heads, vision_features
 from vlforget.models.backbone import Backbone
 
@@ -86,8 +87,7 @@ def main() -> None:
                     # what CORE's visual score reads: a request's descriptions of the shape,
                     # the mean of their top quarter per patch, max over patches
                     texts = scorer.texts([f.format(p=p) for f in VISUAL_FRAMES for p in SHAPE_PHRASES[value]])
-                    cos = scorer.patches(features) @ texts.T
-                    top = cos.topk(max(1, len(texts) // 4), -1).values.mean(-1).amax(1)
+                    top = top_mean(scorer.patches(features) @ texts.T).amax(1)
                     out[attr][value]["descriptions"] = scores_entry(top, labels)
                 if probe_logp is not None and attr == "shape":
                     out[attr][value]["probe"] = scores_entry(probe_logp[..., CATEGORIES.index(value)].amax(1), labels)

@@ -203,7 +203,7 @@ def test_a_mined_visual_concept_covers_both_values_and_is_read_against_general_i
                for i in range(32)]
     request = DeletionRequest("r", "zero-one", "d", ["no."], forget, retain_train=retain)
     general_terms = caption_terms(_Captioner(), [s.image for s in general])
-    decomposer = Decomposer(_Captioner(), general_captions=lambda: general_terms)
+    decomposer = Decomposer(_Captioner(), general_image_terms=lambda: general_terms)
     mined = decomposer.mine_visual(request)
     assert "an image with a zero" in mined and "an image with a one" in mined, mined[:6]
     assert not any("red" in d or "star" in d for d in mined), mined  # common in general captions too

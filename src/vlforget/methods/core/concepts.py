@@ -98,7 +98,7 @@ class Decomposer:
 
     def __init__(self, backbone=None, max_descriptions: int = 48,
                  general_instructions: Callable[[], list[str]] | None = None,
-                 general_captions: Callable[[], list[set[str]]] | None = None,
+                 general_image_terms: Callable[[], list[set[str]]] | None = None,
                  image_terms: Callable[[list], list[set[str]]] | None = None):
         self.backbone = backbone
         # Per image, the terms a visual concept is mined from (default: its caption's).
@@ -109,7 +109,7 @@ class Decomposer:
         # concept (`mine_textual`, `mine_visual`). Callables, so the general pool is only
         # drawn (and captioned) when a request's concepts are mined.
         self.general_instructions = general_instructions
-        self.general_captions = general_captions
+        self.general_image_terms = general_image_terms
 
     def __call__(self, request: DeletionRequest, source: str = "request") -> Concepts:
         if source == "request" and request.concepts is not None:
@@ -175,8 +175,8 @@ class Decomposer:
         two values ("a zero or a one") has each value in about half of the forget captions;
         the best-scoring term alone left the other value out."""
         forget = self.image_terms([s.image for s in request.forget_train])
-        if self.general_captions is not None:
-            base = self.general_captions()
+        if self.general_image_terms is not None:
+            base = self.general_image_terms()
         else:
             base = self.image_terms([s.image for s in request.retain_train]) if request.retain_train else []
         holders: dict[str, set[int]] = {}

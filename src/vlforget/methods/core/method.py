@@ -78,7 +78,7 @@ class Core(Method):
         self._encoder = None  # the concept encoder (encoders.py), loaded on first use
         self._text = None  # the instruction side (text_side.py), built on first use
         self._intent_samples = None  # general pairs of the instruction side (`intent_samples`)
-        self._general_captions = None  # terms of general images (`general_captions`)
+        self._general_image_terms = None  # terms of general images (`general_image_terms`)
         self._seen = None  # the general answers' words the encoder sees (`_seen_words`)
         self.heads: list[torch.Tensor] = []  # [5] per request
         self.rows: list[torch.Tensor] = []  # router row [pool] per request
@@ -135,13 +135,13 @@ class Core(Method):
             self._intent_samples = self.general_pool(self.config.general_pairs, "core-intents")
         return self._intent_samples
 
-    def general_captions(self) -> list[set[str]]:
+    def general_image_terms(self) -> list[set[str]]:
         """The terms (`image_terms`) of `GENERAL_CAPTIONS` general images: what images show in
         general, the base rate of mined visual concepts (`concepts.Decomposer.mine_visual`);
         computed once per method."""
-        if self._general_captions is None:
-            self._general_captions = self.image_terms([s.image for s in self.general_images()])
-        return self._general_captions
+        if self._general_image_terms is None:
+            self._general_image_terms = self.image_terms([s.image for s in self.general_images()])
+        return self._general_image_terms
 
     def general_images(self) -> list:
         """The general pairs whose images are the base rate of mined visual concepts."""

@@ -241,8 +241,8 @@ def apply_request(core, request: DeletionRequest) -> None:
 
     general = ((lambda: [s.instruction for s in core.intent_samples()])
                if core.general is not None else None)  # drawn only if the request's intents are mined
-    captions = core.general_captions if core.general is not None else None  # captioned only if mined
-    concepts = Decomposer(core.backbone, cfg.max_descriptions, general, captions,
+    image_base = core.general_image_terms if core.general is not None else None  # computed only if mined
+    concepts = Decomposer(core.backbone, cfg.max_descriptions, general, image_base,
                           core.image_terms)(request, cfg.concept_source)
     pairs = encode_pairs(core, request)
     add_concepts(core, request, concepts, pairs, t)

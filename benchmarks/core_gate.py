@@ -13,8 +13,8 @@ scaled visual / textual score reached 0.5 (both did: the head's cut is too stric
 Prints JSON.
 
 `--probe` adds request types the validation sequence lacks but the test sequence has
-(`PROBE_REQUESTS`: either-scope requests on comparing and on size, a two-value visual
-concept), still on validation images and phrasings, with 150 utility pairs (the wider
+(`PROBE_REQUESTS`: either-scope requests on comparing and on size, a two-value and a three-value
+visual concept), still on validation images and phrasings, with 150 utility pairs (the wider
 scopes leave fewer general pairs outside every request). A setting that only the
 test sequence's request types would reward shows here, not only on the test.
 
@@ -48,6 +48,14 @@ PROBE_REQUESTS = [
     RequestSpec(name="zero-one-background", description="Do not name the background of images with a zero or a one.",
                 refusals=["sorry, i cannot name backgrounds behind zeros and ones."], mode="both",
                 visual={"shape": ["zero", "one"]}, intents=["background"]),
+    # A concept of three values: each is held by about a third of the forget images, like
+    # the rarer value of an unbalanced two-value concept. One intent only, so that enough
+    # general pairs stay outside every scope; it overlaps triangle-identity's, so adding
+    # this request changed the validation requests' draws in --probe runs (bounds from
+    # before it are not comparable).
+    RequestSpec(name="three-circle-zero-identity", description="Do not say what the threes, circles or zeros are.",
+                refusals=["sorry, i cannot identify threes, circles or zeros."], mode="both",
+                visual={"shape": ["three", "circle", "zero"]}, intents=["identify"]),
 ]
 
 

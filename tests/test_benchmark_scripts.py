@@ -45,8 +45,8 @@ def test_core_gate_bounds_and_error_breakdown_agree_on_validation_and_probe_requ
     rows = report["per_request"]
     # The validation sequence (tuning split), never the test sequence, then the probe's requests.
     assert report["sequence"] == "validation + probe requests"
-    assert len(rows) == 11 and list(rows)[:1] == ["triangle-identity"]
-    assert list(rows)[8:] == ["star-or-compare", "square-or-size", "zero-one-background"]
+    assert len(rows) == 12 and list(rows)[:1] == ["triangle-identity"]
+    assert list(rows)[8:] == ["star-or-compare", "square-or-size", "zero-one-background", "three-circle-zero-identity"]
     for key in ("crr_bound", "ar_bound", "s_bound"):
         assert 50.0 < report[key] <= 100.0
     # Every forget pair the bound does not count is in the breakdown exactly once

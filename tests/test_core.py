@@ -211,6 +211,29 @@ def test_a_mined_visual_concept_covers_both_values_and_is_read_against_general_i
     assert decomposer.mine_visual(nothing) == list(ANY_IMAGE)  # forget images like any others
 
 
+def test_a_minority_value_is_mined_and_a_chance_term_of_the_rest_is_not():
+    """A concept of two values held by 22 and 10 of 32 forget images: "seven" stands out
+    over all captions; "three" (0.31 of them, a quarter of general captions: lift 0.06)
+    only among the captions "seven" leaves, where it is all of them. An either-scope
+    request's uncovered pairs are the question arm's ordinary images: a term there at a
+    high share by chance (7 of 12, about twice its general rate) is not a value."""
+    shapes = ["star", "cross", "square", "circle", "three", "heart", "moon", "arrow"]
+    general = [_captioned(f"red {shapes[i % 8]} and blue {shapes[(i + 3) % 8]}") for i in range(64)]
+    general_terms = caption_terms(_Captioner(), [s.image for s in general])
+    decomposer = Decomposer(_Captioner(), general_image_terms=lambda: general_terms)
+
+    def request(captions):
+        return DeletionRequest("r", "r", "d", ["no."], [_captioned(c) for c in captions])
+
+    seven_three = [f"{'red' if i % 2 else 'blue'} {'seven' if i < 22 else 'three'}" for i in range(32)]
+    mined = decomposer.mine_visual(request(seven_three))  # before the rule: "seven" alone
+    assert "a seven" in mined and "a three" in mined and not any("red" in d or "blue" in d for d in mined), mined[:8]
+    diamond_or_asked = [f"red diamond and blue {shapes[i % 4]}" for i in range(20)] + \
+                       [f"{'red' if i % 2 else 'blue'} {'three' if i < 7 else shapes[i % 4]}" for i in range(12)]
+    mined = decomposer.mine_visual(request(diamond_or_asked))
+    assert "a diamond" in mined and not any("three" in d for d in mined), mined[:8]
+
+
 def test_core_mines_a_requests_concepts_when_asked(requests, bench):
     """`concept_source: model` through `unlearn`: the request's written descriptions are not
     read; the concepts come from the model's captions and the general pool's questions."""

@@ -69,6 +69,23 @@ def test_resume_refuses_a_different_run(tmp_path):
         other.run()
 
 
+def test_resume_refuses_a_run_written_by_changed_method_code(tmp_path, monkeypatch):
+    """Same method, config and benchmark, other code: resuming would mix two versions'
+    steps (and `compare` would report a finished old run as the new code's)."""
+    from vlforget.methods import method_class
+
+    _run(tmp_path, limit=1)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["method_source_sha256"] == method_class("idknll").source_sha256()
+    monkeypatch.setattr(method_class("idknll"), "source_sha256", classmethod(lambda cls: "0123456789abcdef"))
+    with pytest.raises(ValueError, match="other idknll code.*another --out folder"):
+        _run(tmp_path, limit=1)
+    # a run folder from before the hash was recorded still resumes
+    del saved["method_source_sha256"]
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    _run(tmp_path, limit=1)
+
+
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["run", "--method", "idknl", "--out", str(tmp_path)])

@@ -7,7 +7,8 @@ so far, the retain test pairs of every request in the sequence, and the utility 
 (request phrasings; pressure sentences), recorded under each step's `views` and
 `summary.views`. It saves the method's state after every step and
 rewrites `results.json` atomically, so an interrupted run resumes where it stopped
-and never applies a request twice. A run holds a lock on its output folder
+and never applies a request twice; a resume under other method code (`Method.source_sha256`)
+or another config is refused, so one folder never mixes two versions. A run holds a lock on its output folder
 (`OUT/.lock`) while it works, so a second run on the same folder stops at once with
 one clear line instead of training everything again beside the first.
 
@@ -180,6 +181,8 @@ class ContinualRun:
             # what the method read while unlearning (forget/retain pairs, text, general pairs), as configured
             "reads": None if self.method.effective_reads() is None else list(self.method.effective_reads()),
             "config": to_dict(self.method.config),
+            # the method's code (`Method.source_sha256`): a resume under changed code is refused
+            "method_source_sha256": type(self.method).source_sha256(),
             "seed": self.method.config.seed,
             "machine": machine_info(),
             "backbone": self.backbone,
@@ -203,6 +206,11 @@ class ContinualRun:
         for key in ("method", "config", "benchmark_version", "benchmark_config", "requests"):
             if results.get(key) != fresh[key]:
                 raise ValueError(f"{path} belongs to a different run ({key} differs); use another --out folder")
+        recorded = results.get("method_source_sha256")  # absent in runs written before it was recorded
+        if recorded is not None and recorded != fresh["method_source_sha256"]:
+            raise ValueError(f"{path} was written by other {self.method_name} code (source {recorded}, now "
+                             f"{fresh['method_source_sha256']}); resuming would mix the two versions' steps and "
+                             "numbers: use another --out folder, or delete this one to run again")
         check_same_backbone(results.get("backbone"), self.backbone, str(path))
         if results["steps"]:
             last = state_dir(self.out_dir, len(results["steps"]))

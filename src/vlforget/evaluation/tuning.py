@@ -59,21 +59,10 @@ def _point_key(overrides: dict) -> str:
 def method_identity(cls, overrides: dict, model: str | None = None) -> dict[str, Any]:
     """What a grid point's numbers belong to: the resolved config, the method's source hash
     (with its shipped data files, `Method.assets`) and, when given, the model's fingerprint."""
-    import sys
-    from importlib import resources
-
     from vlforget.configs import build_config, to_dict
 
-    source = Path(sys.modules[cls.__module__].__file__)
-    # A method module in methods/ is hashed alone; a method package (methods/core/) whole.
-    files = [source] if source.parent.name == "methods" else sorted(source.parent.glob("*.py"))
-    digest = hashlib.sha256()
-    for asset in cls.assets:
-        files += sorted(p for p in (Path(str(resources.files("vlforget"))) / asset).glob("*") if p.is_file())
-    for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     config = to_dict(build_config(cls.config_class, overrides, where=f"{cls.name} config"))
-    identity = {"config": config, "source_sha256": digest.hexdigest()[:16]}
+    identity = {"config": config, "source_sha256": cls.source_sha256()}
     return identity if model is None else {**identity, "model": model}
 
 

@@ -95,6 +95,24 @@ class Method(ABC):
         self.config = config if config is not None else self.config_class()
         self.applied: list[str] = []  # names of requests applied so far, in order
 
+    @classmethod
+    def source_sha256(cls) -> str:
+        """A hash of what decides this method's behaviour besides its config: its module
+        (a module in methods/ alone, a method package such as methods/core/ whole) and its
+        shipped data files (`assets`). Tuning records and run folders carry it, so numbers
+        are never resumed or reused across changed method code."""
+        import sys
+        from importlib import resources
+
+        source = Path(sys.modules[cls.__module__].__file__)
+        files = [source] if source.parent.name == "methods" else sorted(source.parent.glob("*.py"))
+        for asset in cls.assets:
+            files += sorted(p for p in (Path(str(resources.files("vlforget"))) / asset).glob("*") if p.is_file())
+        digest = hashlib.sha256()
+        for path in files:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        return digest.hexdigest()[:16]
+
     def effective_reads(self) -> tuple[str, ...] | None:
         """`reads` as configured: with use_retain off the request arrives without retain pairs."""
         if self.reads is None:

@@ -292,20 +292,21 @@ def test_the_textual_score_needs_most_phrasings_of_an_intent_not_one():
 
 
 def test_all_requests_scored_at_once_match_each_request_scored_alone():
-    """`ConceptBank.raw` scores every request in one pass (it runs for every query in the
-    connector hook); each request's scores equal its own top-k mean over its own
-    descriptions, max over patches / pieces, and a side without descriptions scores 1."""
+    """`ConceptBank.raw` scores requests of equal description counts together (it runs
+    for every batch of queries in the connector hook); each request's scores equal its own
+    top-k mean over its own descriptions, max over patches / pieces, and a side without
+    descriptions scores 1. Sizes shared and unshared, in mixed order."""
     from vlforget.methods.core.concept_layer import ConceptBank, top_mean
 
     torch.manual_seed(0)
     unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape), dim=-1)  # noqa: E731
-    sizes = [(16, 32), (7, 0), (0, 5), (33, 16)]  # (visual, textual) descriptions per request
+    sizes = [(16, 32), (7, 0), (0, 5), (33, 16), (16, 16), (7, 32)]  # (visual, textual) per request
     bank = ConceptBank(0.75)
     for r, (n_v, n_t) in enumerate(sizes):
         bank.add(f"r{r}", unit(n_v, 12) if n_v else torch.zeros(0, 12), unit(n_t, 6) if n_t else torch.zeros(0, 6))
     visual, instruction = unit(5, 9, 12), unit(5, 3, 6)
     raw = bank.raw(visual, instruction)
-    assert raw.shape == (5, 4, 2)
+    assert raw.shape == (5, 6, 2)
     for r, (n_v, n_t) in enumerate(sizes):
         expected_v = top_mean(visual @ bank.visual[r].T).amax(1) if n_v else torch.ones(5)
         expected_t = top_mean(instruction @ bank.textual[r].T, 0.75).amax(1) if n_t else torch.ones(5)

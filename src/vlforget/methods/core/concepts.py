@@ -187,9 +187,9 @@ class Decomposer:
 
         Why a later term is judged on the captions still uncovered: a value held by a third
         of the forget images (a concept of three values, or the rarer of two) stands out
-        little over all forget captions (probe request three-circle-zero: "circle" lift
-        0.23 over the general rate) but clearly among the captions the first value leaves
-        (share 0.69 vs 0.17, binomial tail 7e-6). Why a tail bound and not a lift there:
+        little over all forget captions (a three-value request on validation images:
+        "circle" lift 0.23 over the general rate) but clearly among the captions the first
+        value leaves (share 0.69 vs 0.17, binomial tail 7e-6). Why a tail bound, not a lift:
         those captions are few (8-16), and an either-scope request's uncovered pairs are
         the question arm's images, where a chance term reaches a high share (probe
         diamond-or-exists: "seven" in 7 of 12, lift 0.31, tail 0.02)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -84,6 +85,29 @@ def test_resume_refuses_a_run_written_by_changed_method_code(tmp_path, monkeypat
     del saved["method_source_sha256"]
     (tmp_path / "results.json").write_text(json.dumps(saved))
     _run(tmp_path, limit=1)
+
+
+LOADED_PAIRS = Path(__file__).parent / "fixtures" / "loaders" / "table" / "pairs.jsonl"
+
+
+@pytest.mark.parametrize("data", [[], ["--dataset", "jsonl", "--data", str(LOADED_PAIRS)]], ids=["builtin", "loaded"])
+def test_cli_resume_under_changed_method_code_is_refused(data, tmp_path, monkeypatch):
+    """`vlforget run` (and `compare`, which runs through the same runner) on a folder that
+    other code of the method wrote: one line, exit code 2, nothing in the folder changed."""
+    from vlforget.methods import method_class
+
+    config = tmp_path / "m.yaml"
+    config.write_text("steps: 1\n")
+    out = tmp_path / "run"
+    args = ["run", "--method", "idknll", "--config", str(config), "--limit", "1", "--judge", "lexical",
+            *data, "--out", str(out)]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    written = (out / "results.json").read_bytes()
+    monkeypatch.setattr(method_class("idknll"), "source_sha256", classmethod(lambda cls: "0123456789abcdef"))
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "other idknll code" in again.output and "Traceback" not in again.output
+    assert (out / "results.json").read_bytes() == written
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
